@@ -1,0 +1,50 @@
+"""The slapos_collect_recipe egg: the collector, the slapmonitor and the buildout recipe."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+version = {}
+exec((HERE / "slapos_collect_recipe" / "__init__.py").read_text(), version)
+
+setup(
+    name="slapos_collect_recipe",
+    version=version["__version__"],
+    description="Per-partition resource collector, slapmonitor and buildout recipe for SlapOS",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8") if (HERE / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    license="GPL-3.0-or-later",
+    python_requires=">=3.11",
+    packages=find_packages(include=["slapos_collect_recipe", "slapos_collect_recipe.*"]),
+    include_package_data=True,
+    package_data={"slapos_collect_recipe": ["templates/*", "assets/*"]},
+    zip_safe=False,
+    install_requires=[
+        "psutil>=5.9",
+    ],
+    extras_require={
+        "monitor": [
+            "aiohttp>=3.9",
+            "prometheus_client>=0.17",
+            "cryptography>=41",
+            "dygraphs>=0.0.14",
+        ],
+        "cron": ["croniter>=2.0"],
+        "recipe": ["zc.buildout>=4"],
+        "test": [
+            "pytest>=8",
+            "ruff",
+            "playwright>=1.40",
+        ],
+    },
+    entry_points={
+        "console_scripts": [
+            "slapos-collect = slapos_collect_recipe.cli:main",
+            "slapmonitor = slapos_collect_recipe.cli:slapmonitor_main",
+        ],
+        "zc.buildout": [
+            "default = slapos_collect_recipe.recipe:Recipe",
+        ],
+    },
+)

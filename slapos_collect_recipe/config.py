@@ -1,0 +1,269 @@
+"""Settings: command-line flags over the INI config file over a node's slapos.cfg.
+
+The INI file (``-c CONFIG``) has one section per subcommand family; every key
+is documented in README.md ("Configuration file"). Flags override the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import configparser
+import logging
+import logging.handlers
+import os
+import pwd
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import CollectError
+
+SECTION = "slapos-collect"
+DEFAULT_KEEP_DAYS = 3
+DEFAULT_FOLDER_CYCLE = 86400
+
+
+@dataclass(frozen=True)
+class Partition:
+    """A partition to collect: by Unix user, or by directory when users are shared.
+
+    When ``uid`` is set a process belongs to the partition if it runs as that
+    user; otherwise if its working directory or executable lies under ``path``.
+    ``path``, when known, is also the folder whose size is measured.
+    """
+
+    label: str
+    uid: int | None = None
+    path: str | None = None
+
+
+@dataclass
+class CollectSettings:
+    data_dir: Path
+    partitions: list[Partition]
+    log_file: str | None = None
+    keep_days: int = DEFAULT_KEEP_DAYS
+    folder_cycle: int = DEFAULT_FOLDER_CYCLE
+    report_disk_usage: bool = True
+    computer_id: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", metavar="CONFIG", help="INI configuration file")
+    parser.add_argument("--data-dir", metavar="DIR", help="where collector.db, the CSVs and the dumps live")
+    parser.add_argument("--log-file", metavar="FILE", help="log to FILE (default: warnings on stderr)")
+
+
+def add_partition_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--user", action="append", default=[], metavar="NAME",
+                        help="one partition per Unix user (repeatable)")
+    parser.add_argument("--partition", action="append", default=[], metavar="LABEL=PATH",
+                        help="one partition per directory, for partitions sharing a user (repeatable)")
+    parser.add_argument("--slapos-cfg", metavar="FILE",
+                        help="collect every partition of a SlapOS node described by its slapos.cfg")
+
+
+def read_ini(path: str | os.PathLike) -> configparser.ConfigParser:
+    """Read an INI file, turning every failure into one clear CollectError."""
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            parser.read_file(handle)
+    except FileNotFoundError:
+        raise CollectError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CollectError(f"cannot read config file {path}: {exc}") from None
+    except configparser.Error as exc:
+        message = str(exc).replace("\n", " ")
+        raise CollectError(f"malformed config file {path}: {message}") from None
+    return parser
+
+
+def load_config(args: argparse.Namespace) -> configparser.ConfigParser:
+    """The ``-c`` file, or an empty parser when none was given."""
+    if getattr(args, "config", None):
+        return read_ini(args.config)
+    return configparser.ConfigParser(interpolation=None)
+
+
+def get_int(cp: configparser.ConfigParser, section: str, key: str, default: int, minimum: int = 0) -> int:
+    raw = cp.get(section, key, fallback=None)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise CollectError(f"[{section}] {key} must be a whole number, not {raw.strip()!r}") from None
+    if value < minimum:
+        raise CollectError(f"[{section}] {key} must be at least {minimum}, not {value}")
+    return value
+
+
+def get_bool(cp: configparser.ConfigParser, section: str, key: str, default: bool) -> bool:
+    raw = cp.get(section, key, fallback=None)
+    if raw is None or not raw.strip():
+        return default
+    value = raw.strip().lower()
+    if value in ("1", "yes", "true", "on"):
+        return True
+    if value in ("0", "no", "false", "off"):
+        return False
+    raise CollectError(f"[{section}] {key} must be yes or no, not {raw.strip()!r}")
+
+
+def get_list(cp: configparser.ConfigParser, section: str, key: str) -> list[str]:
+    return cp.get(section, key, fallback="").split()
+
+
+def resolve_data_dir(value: str | os.PathLike) -> Path:
+    """The data dir, created if missing; its parent must exist."""
+    path = Path(value).expanduser().absolute()
+    if not path.is_dir():
+        if not path.parent.is_dir():
+            raise CollectError(f"data dir {path}: parent directory {path.parent} does not exist")
+        try:
+            path.mkdir(mode=0o750)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise CollectError(f"cannot create data dir {path}: {exc.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise CollectError(f"data dir {path} is not writable")
+    return path
+
+
+def user_partition(name: str) -> Partition:
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise CollectError(f"unknown user {name!r}") from None
+    return Partition(label=name, uid=entry.pw_uid)
+
+
+def directory_partition(spec: str) -> Partition:
+    label, sep, path = spec.partition("=")
+    label, path = label.strip(), path.strip()
+    if not sep or not label or not path:
+        raise CollectError(f"partition {spec!r} must be LABEL=PATH")
+    return Partition(label=label, path=str(Path(path).expanduser().absolute()))
+
+
+@dataclass
+class NodeConfig:
+    """What a SlapOS node's slapos.cfg says about collection."""
+
+    partitions: list[Partition]
+    data_dir: Path
+    keep_days: int | None
+    folder_cycle: int | None
+    report_disk_usage: bool | None
+    computer_id: str
+
+
+def read_slapos_cfg(path: str) -> NodeConfig:
+    cp = read_ini(path)
+    if not cp.has_option("slapos", "instance_root"):
+        raise CollectError(f"{path}: [slapos] instance_root is missing")
+    root = Path(cp.get("slapos", "instance_root")).expanduser()
+    amount = get_int(cp, "slapformat", "partition_amount", 0)
+    user_base = cp.get("slapformat", "user_base_name", fallback="").strip()
+    part_base = cp.get("slapformat", "partition_base_name", fallback="slappart").strip() or "slappart"
+    partitions: list[Partition] = []
+    for n in range(amount):
+        part_path = str(root / f"{part_base}{n}")
+        if user_base:
+            # The node case: one Unix user per partition. A user that
+            # slapformat has not created yet is skipped, not fatal.
+            try:
+                uid = pwd.getpwnam(f"{user_base}{n}").pw_uid
+            except KeyError:
+                continue
+            partitions.append(Partition(label=f"{user_base}{n}", uid=uid, path=part_path))
+        else:
+            # A standalone master: all partitions share one user.
+            partitions.append(Partition(label=f"{part_base}{n}", path=part_path))
+    keep = get_int(cp, "slapos", "collect_cache", 0, minimum=0) or None
+    cycle = get_int(cp, "collect", "disk_snapshot_time_cycle", 0, minimum=0) or None
+    report = None
+    if cp.has_option("collect", "report_disk_usage"):
+        report = get_bool(cp, "collect", "report_disk_usage", True)
+    return NodeConfig(
+        partitions=partitions,
+        data_dir=root / "var" / "data-log",
+        keep_days=keep,
+        folder_cycle=cycle,
+        report_disk_usage=report,
+        computer_id=cp.get("slapos", "computer_id", fallback="").strip(),
+    )
+
+
+def collect_settings(args: argparse.Namespace) -> CollectSettings:
+    """Resolve what to collect and where, for ``collect`` and ``rotate``."""
+    cp = load_config(args)
+    section = SECTION
+    users = list(getattr(args, "user", []) or []) or get_list(cp, section, "users")
+    dirs = list(getattr(args, "partition", []) or []) or [
+        line.strip() for line in cp.get(section, "partitions", fallback="").splitlines() if line.strip()
+    ]
+    slapos_cfg = getattr(args, "slapos_cfg", None) or cp.get(section, "slapos-cfg", fallback="").strip() or None
+
+    node = read_slapos_cfg(slapos_cfg) if slapos_cfg else None
+    partitions: list[Partition] = []
+    if node:
+        partitions.extend(node.partitions)
+    partitions.extend(user_partition(name) for name in users)
+    partitions.extend(directory_partition(spec) for spec in dirs)
+    if not partitions and not node:
+        # The embedded default: the current user is the one partition.
+        entry = pwd.getpwuid(os.getuid())
+        partitions.append(Partition(label=entry.pw_name, uid=entry.pw_uid))
+    seen: set[str] = set()
+    for part in partitions:
+        if part.label in seen:
+            raise CollectError(f"partition label {part.label!r} is given twice")
+        seen.add(part.label)
+
+    data_dir = getattr(args, "data_dir", None) or cp.get(section, "data-dir", fallback="").strip()
+    if not data_dir:
+        data_dir = node.data_dir if node else Path("var/data-log")
+    keep_days = getattr(args, "keep_days", None)
+    if keep_days is None:
+        keep_days = get_int(cp, section, "keep-days", (node and node.keep_days) or DEFAULT_KEEP_DAYS, minimum=1)
+    if keep_days < 1:
+        raise CollectError(f"--keep-days must be at least 1, not {keep_days}")
+    folder_cycle = get_int(cp, section, "folder-cycle", (node and node.folder_cycle) or DEFAULT_FOLDER_CYCLE)
+    default_report = node.report_disk_usage if node and node.report_disk_usage is not None else True
+    settings = CollectSettings(
+        data_dir=resolve_data_dir(data_dir),
+        partitions=partitions,
+        log_file=getattr(args, "log_file", None) or cp.get(section, "log-file", fallback="").strip() or None,
+        keep_days=keep_days,
+        folder_cycle=folder_cycle,
+        report_disk_usage=get_bool(cp, section, "report-disk-usage", default_report),
+        computer_id=cp.get(section, "computer-id", fallback="").strip() or (node.computer_id if node else ""),
+    )
+    return settings
+
+
+def setup_logging(log_file: str | None, verbose: bool = False) -> None:
+    """Log to a file when one is named; otherwise only warnings reach stderr.
+
+    Quiet on success: cron mails whatever a run prints.
+    """
+    root = logging.getLogger("slapos_collect")
+    root.handlers.clear()
+    root.propagate = False
+    if log_file:
+        try:
+            handler: logging.Handler = logging.handlers.WatchedFileHandler(log_file)
+        except OSError as exc:
+            raise CollectError(f"cannot open log file {log_file}: {exc.strerror}") from None
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+        handler.setLevel(logging.DEBUG if verbose else logging.WARNING)
+        root.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    root.addHandler(handler)

@@ -1,0 +1,288 @@
+"""The SQLite store: the only module that speaks SQL.
+
+The tables ``user``, ``computer``, ``system`` and ``disk`` are a contract
+(their columns are those of the original design note, in that order); the
+others are ours. Every table ends with ``date, time, reported``. Identifiers
+come only from ``TABLES``; every value is a bound parameter.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from .errors import CollectError
+
+log = logging.getLogger("slapos_collect")
+
+DB_NAME = "collector.db"
+
+# table -> its own columns (name, type), in order; STAMP columns follow.
+TABLES: dict[str, tuple[tuple[str, str], ...]] = {
+    "user": (
+        ("partition", "text"),
+        ("pid", "real"),
+        ("process", "text"),
+        ("cpu_percent", "real"),
+        ("cpu_time", "real"),
+        ("cpu_num_threads", "real"),
+        ("memory_percent", "real"),
+        ("memory_rss", "real"),
+        ("io_rw_counter", "real"),
+        ("io_cycles_counter", "real"),
+    ),
+    "folder": (
+        ("partition", "text"),
+        ("disk_used", "real"),
+    ),
+    "computer": (
+        ("cpu_num_core", "real"),
+        ("cpu_frequency", "real"),
+        ("cpu_type", "text"),
+        ("memory_size", "real"),
+        ("memory_type", "text"),
+        ("partition_list", "text"),
+    ),
+    "system": (
+        ("loadavg", "real"),
+        ("cpu_percent", "real"),
+        ("memory_used", "real"),
+        ("memory_free", "real"),
+        ("net_in_bytes", "real"),
+        ("net_in_errors", "real"),
+        ("net_in_dropped", "real"),
+        ("net_out_bytes", "real"),
+        ("net_out_errors", "real"),
+        ("net_out_dropped", "real"),
+    ),
+    "disk": (
+        ("partition", "text"),
+        ("used", "text"),
+        ("free", "text"),
+        ("mountpoint", "text"),
+    ),
+    # Per-disk IO counters (cumulative since boot), which the original drops.
+    "disk_io": (
+        ("device", "text"),
+        ("read_bytes", "real"),
+        ("write_bytes", "real"),
+        ("read_count", "real"),
+        ("write_count", "real"),
+        ("busy_time", "real"),
+    ),
+    # Machine degradation benchmarks (one row per figure).
+    "benchmark": (
+        ("name", "text"),
+        ("value", "real"),
+        ("unit", "text"),
+    ),
+}
+STAMP = (("date", "text"), ("time", "text"), ("reported", "integer default 0"))
+
+
+def columns(table: str) -> list[str]:
+    """Every column of ``table``, in order, stamp columns included."""
+    return [name for name, _ in TABLES[table] + STAMP]
+
+
+def _table(table: str) -> str:
+    if table not in TABLES:
+        raise ValueError(f"unknown table {table!r}")
+    return table
+
+
+def _schema() -> list[str]:
+    statements = []
+    for table, cols in TABLES.items():
+        body = ", ".join(f"{name} {kind}" for name, kind in cols + STAMP)
+        statements.append(f'CREATE TABLE IF NOT EXISTS "{table}" ({body})')
+        # One small index serves day dumps, marks, garbage collection and
+        # "latest run" look-ups; the partial one finds unreported days without
+        # scanning the reported ones.
+        statements.append(f'CREATE INDEX IF NOT EXISTS "{table}_date_time" ON "{table}" (date, time)')
+        statements.append(
+            f'CREATE INDEX IF NOT EXISTS "{table}_unreported" ON "{table}" (date) WHERE reported = 0'
+        )
+    statements.append("CREATE TABLE IF NOT EXISTS collect_state (key text PRIMARY KEY, value text NOT NULL)")
+    return statements
+
+
+class Store:
+    """A connection to ``collector.db`` with the schema in place."""
+
+    def __init__(self, path: str | os.PathLike, *, readonly: bool = False, timeout: float = 30.0) -> None:
+        self.path = Path(path)
+        self.readonly = readonly
+        if readonly:
+            uri = f"file:{self.path}?mode=ro"
+            self.db = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None)
+        else:
+            self.db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
+        self.db.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+        if not readonly:
+            self._prepare()
+
+    def _prepare(self) -> None:
+        fresh = self.db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
+        if fresh:
+            # Must precede the first table: lets garbage collection give space
+            # back with incremental_vacuum instead of a full VACUUM.
+            self.db.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        if self.db.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
+            raise CollectError(f"{self.path}: cannot switch to WAL mode")
+        self.db.execute("PRAGMA synchronous = NORMAL")
+        with self.transaction():
+            for statement in _schema():
+                self.db.execute(statement)
+
+    @classmethod
+    def open_or_recover(cls, path: str | os.PathLike) -> tuple[Store, Path | None]:
+        """Open the store; a file that is not a database is kept aside under a new
+        name and a fresh one started. Returns the store and the kept-aside path."""
+        path = Path(path)
+        try:
+            return cls(path), None
+        except sqlite3.DatabaseError as exc:
+            if "not a database" not in str(exc) and "malformed" not in str(exc):
+                raise
+        aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}")
+        os.replace(path, aside)
+        for suffix in ("-wal", "-shm"):
+            side = path.with_name(path.name + suffix)
+            if side.exists():
+                os.replace(side, aside.with_name(aside.name + suffix))
+        return cls(path), aside
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken at once (no lock upgrade deadlock)."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        else:
+            self.db.execute("COMMIT")
+
+    # -- writing ---------------------------------------------------------
+
+    def insert(self, table: str, rows: Iterable[tuple], date: str, time_: str) -> int:
+        """Insert rows (the table's own columns) stamped with date and time.
+
+        Call inside ``transaction()``."""
+        cols = TABLES[_table(table)]
+        names = ", ".join(name for name, _ in cols)
+        marks = ", ".join("?" for _ in cols)
+        cursor = self.db.executemany(
+            f'INSERT INTO "{table}" ({names}, date, time) VALUES ({marks}, ?, ?)',
+            (tuple(row) + (date, time_) for row in rows),
+        )
+        return cursor.rowcount
+
+    def get_state(self, key: str, default: Any = None) -> Any:
+        row = self.db.execute("SELECT value FROM collect_state WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    def set_state(self, key: str, value: Any) -> None:
+        self.db.execute(
+            "INSERT INTO collect_state (key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, json.dumps(value)),
+        )
+
+    # -- reading ---------------------------------------------------------
+
+    def process_cpu_times(self, date: str, time_: str) -> dict[str, float]:
+        """``process -> cpu_time`` of the run stamped date/time."""
+        return dict(
+            self.db.execute('SELECT process, cpu_time FROM "user" WHERE date = ? AND time = ?', (date, time_))
+        )
+
+    def latest_stamp(self, table: str = "system") -> tuple[str, str] | None:
+        row = self.db.execute(
+            f'SELECT date, time FROM "{_table(table)}" ORDER BY date DESC, time DESC LIMIT 1'
+        ).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def rows_at(self, table: str, date: str, time_: str) -> list[sqlite3.Row]:
+        """The rows of one run, as ``sqlite3.Row`` (access by column name)."""
+        cursor = self.db.cursor()
+        cursor.row_factory = sqlite3.Row
+        return cursor.execute(
+            f'SELECT * FROM "{_table(table)}" WHERE date = ? AND time = ?', (date, time_)
+        ).fetchall()
+
+    def latest_rows(self, table: str) -> list[sqlite3.Row]:
+        stamp = self.latest_stamp(table)
+        return self.rows_at(table, *stamp) if stamp else []
+
+    def iter_day(self, table: str, day: str, *, unreported_only: bool = False,
+                 batch: int = 5000) -> Iterator[tuple]:
+        """Stream one day's rows of a table, all columns, in insertion order."""
+        sql = f'SELECT * FROM "{_table(table)}" WHERE date = ?'
+        if unreported_only:
+            sql += " AND reported = 0"
+        cursor = self.db.execute(sql + " ORDER BY rowid", (day,))
+        while chunk := cursor.fetchmany(batch):
+            yield from chunk
+
+    def unreported_days(self, before: str) -> list[str]:
+        """Days before ``before`` (YYYY-MM-DD) with unreported rows in any table."""
+        days: set[str] = set()
+        for table in TABLES:
+            days.update(
+                day for (day,) in self.db.execute(
+                    f'SELECT DISTINCT date FROM "{table}" WHERE reported = 0 AND date < ?', (before,)
+                )
+            )
+        return sorted(days)
+
+    def mark_reported(self, day: str, up_to_rowid: dict[str, int] | None = None) -> int:
+        """Mark a day's rows reported in every table, in one transaction.
+
+        ``up_to_rowid`` limits each table to the rows that were dumped, so a row
+        written meanwhile is never marked without being archived."""
+        changed = 0
+        with self.transaction():
+            for table in TABLES:
+                limit = (up_to_rowid or {}).get(table)
+                if up_to_rowid is not None and limit is None:
+                    continue
+                sql = f'UPDATE "{table}" SET reported = 1 WHERE date = ? AND reported = 0'
+                params: tuple = (day,)
+                if limit is not None:
+                    sql += " AND rowid <= ?"
+                    params += (limit,)
+                changed += self.db.execute(sql, params).rowcount
+        return changed
+
+    def delete_reported_before(self, day: str) -> int:
+        """Delete reported rows dated before ``day``; unreported rows are never touched.
+
+        Gives the freed pages back with an incremental vacuum."""
+        deleted = 0
+        with self.transaction():
+            for table in TABLES:
+                deleted += self.db.execute(
+                    f'DELETE FROM "{table}" WHERE reported = 1 AND date < ?', (day,)
+                ).rowcount
+        if deleted:
+            self.db.execute("PRAGMA incremental_vacuum")
+        return deleted

@@ -1,0 +1,33 @@
+"""Shared fixtures: the suite runs the real command as a subprocess where it matters."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = Path(sys.executable).parent
+
+
+def run_cli(*args: str, check: bool = False, timeout: float = 120, env: dict | None = None,
+            **kwargs) -> subprocess.CompletedProcess:
+    """Run ``slapos-collect ARGS`` as a real process; output captured as text."""
+    full_env = dict(os.environ, **(env or {}))
+    proc = subprocess.run(
+        [str(SCRIPTS / "slapos-collect"), *args],
+        capture_output=True, text=True, timeout=timeout, env=full_env, **kwargs,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"slapos-collect {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "data-log"
+    path.mkdir()
+    return path
