@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -90,6 +91,19 @@ STAMP = (("date", "text"), ("time", "text"), ("reported", "integer default 0"))
 def columns(table: str) -> list[str]:
     """Every column of ``table``, in order, stamp columns included."""
     return [name for name, _ in TABLES[table] + STAMP]
+
+
+def describe_error(exc: sqlite3.Error, path: str | os.PathLike) -> str:
+    """One clear line for a failed write; a full disk often shows up in SQLite
+    as a bare "disk I/O error" (the WAL index cannot grow), so say it."""
+    message = str(exc)
+    try:
+        free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+    except OSError:
+        free = None
+    if "full" in message or (free is not None and free < 1024 * 1024):
+        return f"{path}: no space left on the device ({message}); this run is not stored, earlier data is intact"
+    return f"{path}: {message}"
 
 
 def _table(table: str) -> str:
@@ -286,3 +300,131 @@ class Store:
         if deleted:
             self.db.execute("PRAGMA incremental_vacuum")
         return deleted
+
+    # -- serving (slapmonitor: metrics, dashboard, consistent copies) -------
+
+    def partition_totals(self, date: str, time_: str) -> list[sqlite3.Row]:
+        """Per partition, the sums over the processes of the run stamped date/time:
+        processes, threads, cpu_percent, cpu_time, memory_percent, memory_rss,
+        io_rw, io_cycles (one ``sqlite3.Row`` per partition, by label)."""
+        cursor = self.db.cursor()
+        cursor.row_factory = sqlite3.Row
+        return cursor.execute(
+            'SELECT partition, count(*) AS processes, total(cpu_num_threads) AS threads, '
+            'total(cpu_percent) AS cpu_percent, total(cpu_time) AS cpu_time, '
+            'total(memory_percent) AS memory_percent, total(memory_rss) AS memory_rss, '
+            'total(io_rw_counter) AS io_rw, total(io_cycles_counter) AS io_cycles '
+            'FROM "user" WHERE date = ? AND time = ? GROUP BY partition ORDER BY partition',
+            (date, time_),
+        ).fetchall()
+
+    def latest_folder_sizes(self) -> dict[str, float]:
+        """``partition -> disk_used`` (KiB) of each partition's latest folder row
+        (folders are measured rarely, so each has its own latest stamp)."""
+        return {
+            part: used for part, used, _ in self.db.execute(
+                'SELECT partition, disk_used, max(date || \' \' || time) FROM "folder" GROUP BY partition'
+            )
+        }
+
+    def latest_benchmarks(self) -> list[tuple[str, float, str]]:
+        """``(name, value, unit)`` of the latest row of each benchmark name."""
+        return [
+            (name, value, unit) for name, value, unit, _ in self.db.execute(
+                'SELECT name, value, unit, max(date || \' \' || time) FROM "benchmark" GROUP BY name ORDER BY name'
+            )
+        ]
+
+    def backup_to(self, path: str | os.PathLike) -> None:
+        """A consistent copy of the whole database into ``path`` (SQLite's backup
+        API, one step under one read transaction), left in rollback-journal mode
+        so that it is a single self-contained file."""
+        target = sqlite3.connect(path, isolation_level=None)
+        try:
+            self.db.backup(target)
+            target.execute("PRAGMA journal_mode = DELETE")
+        finally:
+            target.close()
+
+    # -- publishing (realtime CSVs, daily dumps, consumption reports) -------
+
+    def previous_stamp(self, table: str, date: str, time_: str) -> tuple[str, str] | None:
+        """The stamp of the run just before date/time in ``table``."""
+        row = self.db.execute(
+            f'SELECT date, time FROM "{_table(table)}" WHERE date < ? OR (date = ? AND time < ?) '
+            "ORDER BY date DESC, time DESC LIMIT 1",
+            (date, date, time_),
+        ).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def unreported_limits(self, day: str) -> dict[str, int]:
+        """``table -> highest rowid`` of the day's unreported rows (tables with none left out)."""
+        limits = {}
+        for table in TABLES:
+            (top,) = self.db.execute(
+                f'SELECT max(rowid) FROM "{table}" WHERE date = ? AND reported = 0', (day,)
+            ).fetchone()
+            if top is not None:
+                limits[table] = top
+        return limits
+
+    def count_unreported(self, table: str, day: str) -> int:
+        return self.db.execute(
+            f'SELECT count(*) FROM "{_table(table)}" WHERE date = ? AND reported = 0', (day,)
+        ).fetchone()[0]
+
+    def dump_rows(self, table: str, day: str, up_to_rowid: int) -> sqlite3.Cursor:
+        """A cursor over the day's unreported rows up to ``up_to_rowid``, all
+        columns, in insertion order: iterate it to stream (bounded memory)."""
+        return self.db.execute(
+            f'SELECT * FROM "{_table(table)}" WHERE date = ? AND reported = 0 AND rowid <= ? ORDER BY rowid',
+            (day, up_to_rowid),
+        )
+
+    def day_system_averages(self, day: str) -> tuple[int, float | None, float | None]:
+        """``(runs, average cpu_percent, average memory_used)`` of a day's system rows."""
+        runs, cpu, memory = self.db.execute(
+            'SELECT count(*), avg(cpu_percent), avg(memory_used) FROM "system" WHERE date = ?', (day,)
+        ).fetchone()
+        return runs, cpu, memory
+
+    def day_partition_sums(self, day: str) -> dict[str, tuple[int, float, float]]:
+        """``partition -> (runs seen, sum of cpu_percent, sum of memory_rss)`` over a day."""
+        return {
+            part: (runs, cpu, rss) for part, runs, cpu, rss in self.db.execute(
+                'SELECT partition, count(DISTINCT time), total(cpu_percent), total(memory_rss) '
+                'FROM "user" WHERE date = ? GROUP BY partition ORDER BY partition',
+                (day,),
+            )
+        }
+
+    def day_folder_averages(self, day: str) -> dict[str, float]:
+        """``partition -> average disk_used`` (KiB) over a day's folder rows."""
+        return dict(self.db.execute(
+            'SELECT partition, avg(disk_used) FROM "folder" WHERE date = ? GROUP BY partition ORDER BY partition',
+            (day,),
+        ))
+
+    def run_processes(self, partition: str, date: str, time_: str) -> list[tuple]:
+        """``(pid, process, cpu_percent, cpu_time, cpu_num_threads, memory_percent,
+        memory_rss, io_rw_counter, io_cycles_counter)`` of one partition's processes
+        in one run, busiest first."""
+        return self.db.execute(
+            'SELECT pid, process, cpu_percent, cpu_time, cpu_num_threads, memory_percent, memory_rss, '
+            'io_rw_counter, io_cycles_counter FROM "user" WHERE date = ? AND time = ? AND partition = ? '
+            "ORDER BY cpu_percent DESC, pid",
+            (date, time_, partition),
+        ).fetchall()
+
+    def has_reported_before(self, day: str) -> bool:
+        """Whether garbage collection has anything to delete before ``day``."""
+        for table in TABLES:
+            if self.db.execute(
+                f'SELECT 1 FROM "{table}" WHERE date < ? AND reported = 1 LIMIT 1', (day,)
+            ).fetchone():
+                return True
+        return False
+
+    def checkpoint(self) -> None:
+        """Fold the WAL back into the database and truncate it (after a big rotation)."""
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()

@@ -1,0 +1,98 @@
+"""``slapos-collect collect``: one run, as cron starts it every minute.
+
+sample -> store (one transaction) -> publish today's CSVs and past days'
+archives. A run that finds the previous one still working exits 0 at once,
+so cron never piles runs up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sqlite3
+import time
+from pathlib import Path
+
+from . import config, folder, lock, sample
+from .config import CollectSettings
+from .errors import CollectError
+from .snapshot import RunSnapshot
+from .store import DB_NAME, Store, describe_error
+
+log = logging.getLogger("slapos_collect")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    config.add_common_arguments(parser)
+    config.add_partition_arguments(parser)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every step")
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = config.collect_settings(args)
+    config.setup_logging(settings.log_file, getattr(args, "verbose", False))
+    try:
+        with lock.exclusive(settings.data_dir / lock.COLLECT_LOCK):
+            return collect(settings)
+    except lock.Busy:
+        log.warning("previous run still working (lock %s held): this run is skipped",
+                    settings.data_dir / lock.COLLECT_LOCK)
+        return 0
+
+
+def collect(settings: CollectSettings) -> int:
+    """Take and store one set of snapshots; publish. Returns the exit code."""
+    started = time.monotonic()
+    try:
+        snap, aside = _sample_and_store(settings)
+    except sqlite3.Error as exc:
+        raise CollectError(describe_error(exc, settings.data_dir / DB_NAME), exit_code=1) from None
+    if settings.report_disk_usage:
+        folder.start_if_due(settings)
+    log.info(
+        "collected %d processes of %d partitions in %.2f s (%d vanished, %d not fully readable)",
+        len(snap.processes), len(settings.partitions), time.monotonic() - started, snap.vanished, snap.denied,
+    )
+    if snap.denied:
+        log.info("%d processes could not be read entirely (not root?): sampled as far as allowed", snap.denied)
+    if aside:
+        # The run is stored in the fresh database; still, say it and fail so cron mails it.
+        raise CollectError(f"{settings.data_dir / DB_NAME} was not a database: kept as {aside}, "
+                           "started a fresh one", exit_code=1)
+    return 0
+
+
+def _sample_and_store(settings: CollectSettings) -> tuple[RunSnapshot, Path | None]:
+    store, aside = Store.open_or_recover(settings.data_dir / DB_NAME)
+    with store:
+        previous = store.get_state("last_run")
+        previous_cpu = store.process_cpu_times(previous["date"], previous["time"]) if previous else {}
+        snap = sample.take(settings.partitions, previous, previous_cpu)
+        with store.transaction():
+            store.insert("user", (p.row() for p in snap.processes), snap.date, snap.time)
+            store.insert("system", [snap.system.row()], snap.date, snap.time)
+            store.insert("computer", [snap.computer.row()], snap.date, snap.time)
+            store.insert("disk", (d.row() for d in snap.disks), snap.date, snap.time)
+            store.insert("disk_io", (d.row() for d in snap.disk_io), snap.date, snap.time)
+            store.set_state("last_run", {"epoch": snap.epoch, "date": snap.date, "time": snap.time,
+                                         **snap.cpu_state})
+        _publish(store, settings)
+    return snap, aside
+
+
+def _publish(store: Store, settings: CollectSettings) -> None:
+    """Today's CSVs and the past days' dumps, after the run is safely stored.
+
+    A failure here never loses the run's rows (they are committed): it is
+    reported, and the next run tries again."""
+    try:
+        from . import realtime, rotate
+    except ImportError:  # publishers not installed in this build
+        return
+    try:
+        realtime.publish(store, settings.data_dir)
+        rotate.rotate(store, settings)
+    except CollectError:
+        raise
+    except OSError as exc:
+        raise CollectError(f"stored this run, but publishing failed: {exc}", exit_code=1) from None

@@ -1,0 +1,254 @@
+"""Sampling: psutil readings turned into the dataclasses of ``snapshot``.
+
+Nothing here blocks to measure CPU: a process's CPU % is the CPU time it used
+since the previous run over the wall time since then (100 = one full core),
+for the same identity (pid + creation time); the system's likewise from the
+kernel's counters. The previous run's figures come from the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterable
+
+import psutil
+
+from .config import Partition
+from .snapshot import (
+    ComputerSample,
+    DiskIOSample,
+    DiskSample,
+    ProcessSample,
+    RunSnapshot,
+    SystemSample,
+)
+
+log = logging.getLogger("slapos_collect")
+
+# Fields of psutil.cpu_times() that count as not busy (psutil counts iowait
+# as idle too); guest time is already inside user/nice on Linux.
+_IDLE = ("idle", "iowait")
+_NOT_IN_TOTAL = ("guest", "guest_nice")
+
+
+def _proc_owner_and_dirs(pid: int, want_dirs: bool) -> tuple[int, str | None, str | None]:
+    """uid of a process, and when asked its cwd and executable (None if unreadable)."""
+    uid = os.stat(f"/proc/{pid}").st_uid
+    if not want_dirs:
+        return uid, None, None
+    cwd = exe = None
+    try:
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        pass
+    try:
+        exe = os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        pass
+    return uid, cwd, exe
+
+
+def _under(path: str | None, roots: list[tuple[str, str]]) -> str | None:
+    """The label of the first directory partition that contains ``path``."""
+    if not path:
+        return None
+    for root, label in roots:
+        if path == root or path.startswith(root + "/"):
+            return label
+    return None
+
+
+def find_processes(partitions: Iterable[Partition]) -> list[tuple[int, str]]:
+    """``(pid, partition label)`` of every process that belongs to a partition.
+
+    A partition with a uid owns the processes running as that user; one
+    without owns those whose working directory or executable lies under its
+    path (longest path first, so nested partitions are told apart)."""
+    by_uid = {p.uid: p.label for p in partitions if p.uid is not None}
+    roots = sorted(
+        ((os.path.realpath(p.path).rstrip("/"), p.label) for p in partitions if p.uid is None and p.path),
+        key=lambda item: len(item[0]),
+        reverse=True,
+    )
+    me = os.getpid()
+    found: list[tuple[int, str]] = []
+    for pid in psutil.pids():
+        if pid == me:
+            continue
+        try:
+            uid, cwd, exe = _proc_owner_and_dirs(pid, bool(roots))
+        except OSError:
+            continue  # vanished
+        label = by_uid.get(uid)
+        if label is None and roots:
+            label = _under(cwd, roots) or _under(exe, roots)
+        if label is not None:
+            found.append((pid, label))
+    return found
+
+
+def sample_processes(
+    members: list[tuple[int, str]],
+    now: float,
+    previous: dict[str, float],
+    previous_epoch: float | None,
+    memory_total: int,
+    max_percent: float,
+) -> tuple[list[ProcessSample], int, int]:
+    """Sample each process; returns (samples, vanished count, access-denied count)."""
+    samples: list[ProcessSample] = []
+    vanished = denied = 0
+    interval = now - previous_epoch if previous_epoch else 0.0
+    for pid, label in members:
+        try:
+            proc = psutil.Process(pid)
+            with proc.oneshot():
+                create_time = proc.create_time()
+                times = proc.cpu_times()
+                threads = proc.num_threads()
+                rss = proc.memory_info().rss
+                try:
+                    io = proc.io_counters()
+                    io_bytes, io_ops = io.read_bytes + io.write_bytes, io.read_count + io.write_count
+                except psutil.AccessDenied:
+                    io_bytes = io_ops = None
+                    denied += 1
+        except psutil.NoSuchProcess:
+            vanished += 1
+            continue
+        except psutil.AccessDenied:
+            denied += 1
+            continue
+        cpu_time = times.user + times.system
+        sample = ProcessSample(
+            partition=label, pid=pid, create_time=create_time, cpu_percent=0.0, cpu_time=cpu_time,
+            num_threads=threads, memory_percent=rss * 100.0 / memory_total if memory_total else 0.0,
+            memory_rss=rss, io_rw_bytes=io_bytes, io_ops=io_ops,
+        )
+        before = previous.get(sample.process)
+        if before is not None and interval > 0 and cpu_time >= before:
+            percent = (cpu_time - before) * 100.0 / interval
+        else:
+            # First seen (or pid reused, or counter went back): since it started.
+            lifetime = now - create_time
+            percent = cpu_time * 100.0 / lifetime if lifetime > 0 else 0.0
+        sample.cpu_percent = round(min(max(percent, 0.0), max_percent), 2)
+        samples.append(sample)
+    return samples, vanished, denied
+
+
+def system_cpu_percent(times: dict[str, float], previous: dict | None, boot_time: float) -> float:
+    """Busy % of all CPUs since the previous run's counters, or since boot when
+    those are missing, from another boot, or went down."""
+
+    def busy_total(t: dict[str, float]) -> tuple[float, float]:
+        total = sum(v for k, v in t.items() if k not in _NOT_IN_TOTAL)
+        return total - sum(t.get(k, 0.0) for k in _IDLE), total
+
+    busy, total = busy_total(times)
+    if previous and previous.get("boot_time") == boot_time and previous.get("cpu_times"):
+        prev_busy, prev_total = busy_total(previous["cpu_times"])
+        if total > prev_total and busy >= prev_busy:
+            busy, total = busy - prev_busy, total - prev_total
+    if total <= 0:
+        return 0.0
+    return round(min(max(busy * 100.0 / total, 0.0), 100.0), 2)
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Processor", "cpu model"):
+                    return value.strip()
+    except OSError:
+        pass
+    return ""
+
+
+def sample_disks() -> tuple[list[DiskSample], list[DiskIOSample]]:
+    """Every real mounted filesystem once (with all its mount points), and the
+    IO counters of the block devices behind them."""
+    mounts: dict[str, list[str]] = {}
+    for part in psutil.disk_partitions(all=False):
+        mounts.setdefault(part.device, []).append(part.mountpoint)
+    disks: list[DiskSample] = []
+    for device, points in mounts.items():
+        points.sort(key=len)
+        try:
+            usage = psutil.disk_usage(points[0])
+        except OSError:
+            continue
+        disks.append(DiskSample(device, usage.used, usage.free, usage.total, points))
+    io_samples: list[DiskIOSample] = []
+    try:
+        counters = psutil.disk_io_counters(perdisk=True) or {}
+    except (OSError, RuntimeError):
+        counters = {}
+    seen: set[str] = set()
+    for disk in disks:
+        name = os.path.basename(os.path.realpath(disk.device))
+        io = counters.get(name)
+        if io is None or name in seen:
+            continue
+        seen.add(name)
+        io_samples.append(DiskIOSample(
+            name, io.read_bytes, io.write_bytes, io.read_count, io.write_count, getattr(io, "busy_time", 0),
+        ))
+    return disks, io_samples
+
+
+def take(partitions: list[Partition], previous_state: dict | None, previous_cpu: dict[str, float]) -> RunSnapshot:
+    """One run's snapshot of every partition's processes, the system, the
+    computer and the disks, under one UTC stamp."""
+    now = time.time()
+    stamp = time.gmtime(now)
+    boot_time = psutil.boot_time()
+    memory = psutil.virtual_memory()
+    ncpu = psutil.cpu_count() or 1
+
+    members = find_processes(partitions)
+    prev_epoch = previous_state.get("epoch") if previous_state else None
+    processes, vanished, denied = sample_processes(
+        members, now, previous_cpu, prev_epoch, memory.total, 100.0 * ncpu
+    )
+
+    cpu_times = psutil.cpu_times()._asdict()
+    net = psutil.net_io_counters()
+    system = SystemSample(
+        loadavg=round(os.getloadavg()[0], 2),
+        cpu_percent=system_cpu_percent(cpu_times, previous_state, boot_time),
+        memory_used=memory.total - memory.available,
+        memory_free=memory.available,
+        net_in_bytes=net.bytes_recv, net_in_errors=net.errin, net_in_dropped=net.dropin,
+        net_out_bytes=net.bytes_sent, net_out_errors=net.errout, net_out_dropped=net.dropout,
+    )
+    disks, disk_io = sample_disks()
+    try:
+        freq = psutil.cpu_freq()
+    except (OSError, NotImplementedError):
+        freq = None
+    computer = ComputerSample(
+        cpu_num_core=ncpu,
+        cpu_frequency=round(freq.current, 1) if freq and freq.current else None,
+        cpu_type=_cpu_model(),
+        memory_size=memory.total,
+        memory_type="",
+        partition_list=";".join(f"{d.device}={d.total}" for d in disks),
+    )
+    return RunSnapshot(
+        date=time.strftime("%Y-%m-%d", stamp),
+        time=time.strftime("%H:%M:%S", stamp),
+        epoch=now,
+        processes=processes,
+        system=system,
+        computer=computer,
+        disks=disks,
+        disk_io=disk_io,
+        cpu_state={"boot_time": boot_time, "cpu_times": cpu_times},
+        vanished=vanished,
+        denied=denied,
+    )

@@ -1,0 +1,115 @@
+"""What one collection run saw: plain dataclasses, free of psutil and SQL.
+
+Each ``row()`` gives the values in the order of the table's own columns in
+``store.TABLES`` (the stamp columns are added by the store).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class ProcessSample:
+    partition: str
+    pid: int
+    create_time: float
+    cpu_percent: float
+    cpu_time: float
+    num_threads: int
+    memory_percent: float
+    memory_rss: int
+    io_rw_bytes: int | None
+    io_ops: int | None
+
+    @property
+    def process(self) -> str:
+        """The identity stored in ``user.process``: pid and creation time, never a name."""
+        return f"{self.pid}-{self.create_time:.2f}"
+
+    def row(self) -> tuple:
+        return (
+            self.partition, self.pid, self.process, self.cpu_percent, self.cpu_time, self.num_threads,
+            self.memory_percent, self.memory_rss, self.io_rw_bytes, self.io_ops,
+        )
+
+
+@dataclass(slots=True)
+class SystemSample:
+    loadavg: float
+    cpu_percent: float
+    memory_used: int
+    memory_free: int
+    net_in_bytes: int
+    net_in_errors: int
+    net_in_dropped: int
+    net_out_bytes: int
+    net_out_errors: int
+    net_out_dropped: int
+
+    def row(self) -> tuple:
+        return (
+            self.loadavg, self.cpu_percent, self.memory_used, self.memory_free,
+            self.net_in_bytes, self.net_in_errors, self.net_in_dropped,
+            self.net_out_bytes, self.net_out_errors, self.net_out_dropped,
+        )
+
+
+@dataclass(slots=True)
+class ComputerSample:
+    cpu_num_core: int
+    cpu_frequency: float | None
+    cpu_type: str
+    memory_size: int
+    memory_type: str
+    partition_list: str
+
+    def row(self) -> tuple:
+        return (
+            self.cpu_num_core, self.cpu_frequency, self.cpu_type,
+            self.memory_size, self.memory_type, self.partition_list,
+        )
+
+
+@dataclass(slots=True)
+class DiskSample:
+    device: str
+    used: int
+    free: int
+    total: int
+    mountpoints: list[str]
+
+    def row(self) -> tuple:
+        # The contract's columns are text: store the byte counts as decimal text.
+        return (self.device, str(self.used), str(self.free), ";".join(self.mountpoints))
+
+
+@dataclass(slots=True)
+class DiskIOSample:
+    device: str
+    read_bytes: int
+    write_bytes: int
+    read_count: int
+    write_count: int
+    busy_time: int
+
+    def row(self) -> tuple:
+        return (self.device, self.read_bytes, self.write_bytes, self.read_count, self.write_count, self.busy_time)
+
+
+@dataclass
+class RunSnapshot:
+    """Everything one run stores, under one UTC stamp."""
+
+    date: str
+    time: str
+    epoch: float
+    processes: list[ProcessSample]
+    system: SystemSample
+    computer: ComputerSample
+    disks: list[DiskSample]
+    disk_io: list[DiskIOSample]
+    # What the next run needs to compute CPU % over the interval.
+    cpu_state: dict = field(default_factory=dict)
+    vanished: int = 0
+    denied: int = 0
