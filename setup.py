@@ -31,7 +31,13 @@ setup(
             "dygraphs>=0.0.14",
         ],
         "cron": ["croniter>=2.0"],
-        "recipe": ["zc.buildout>=4"],
+        "recipe": [
+            "zc.buildout>=4",
+            "zc.recipe.egg",
+            "slapos.recipe.template",
+            "slapos.cookbook",
+            "jsonschema",
+        ],
         "test": [
             "pytest>=8",
             "ruff",
@@ -45,6 +51,8 @@ setup(
         ],
         "zc.buildout": [
             "default = slapos_collect_recipe.recipe:Recipe",
+            "release = slapos_collect_recipe.recipe:Release",
+            "slapconfiguration = slapos_collect_recipe.recipe:SlapConfiguration",
         ],
     },
 )

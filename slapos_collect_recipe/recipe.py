@@ -1,0 +1,515 @@
+"""The buildout recipes of the slapos-collect software release.
+
+- ``slapos_collect_recipe`` (``Recipe``): one partition's collector and
+  slapmonitor: config file, cron entries, logrotate config, service scripts,
+  secret, port, and the monitor URLs as options for the profile to publish.
+- ``slapos_collect_recipe:release`` (``Release``): where this egg's templates
+  are, for ``software.cfg`` (upstream zc.buildout has no
+  ``_profile_base_location_``).
+- ``slapos_collect_recipe:slapconfiguration`` (``SlapConfiguration``): the
+  partition's parameters, validated against the instance JSON schema, as
+  string options (upstream zc.buildout refuses slapos.cookbook's sets and
+  dicts: "Option values must be strings").
+
+The recipes only write files: they never import the sampling code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pwd
+import re
+import secrets
+import socket
+import string
+import sys
+import tempfile
+from pathlib import Path
+
+import zc.buildout
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+DEFAULT_PORT_BASE = 9780
+SECRET_FILE = "slapmonitor.secret"
+PORT_FILE = "slapmonitor.port"
+
+
+# --- files ----------------------------------------------------------------
+
+def render(name: str, **values: object) -> str:
+    """Fill ``templates/<name>`` (``string.Template``: ``${key}``, ``$$`` for ``$``)."""
+    text = (TEMPLATES / name).read_text(encoding="utf-8")
+    try:
+        return string.Template(text).substitute({k: str(v) for k, v in values.items()})
+    except KeyError as exc:  # a template/recipe mismatch: a bug, not user input
+        raise zc.buildout.UserError(f"template {name} needs the value {exc}") from None
+
+
+def write_atomic(path: str | os.PathLike, text: str, mode: int = 0o644) -> None:
+    """Write ``text`` to ``path`` via a temp file in the same dir, fsync, rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def make_dir(path: str | os.PathLike, mode: int = 0o750) -> None:
+    """Create ``path`` and its parents; a new directory gets ``mode``."""
+    path = Path(path)
+    if not path.is_dir():
+        path.mkdir(mode=mode, parents=True, exist_ok=True)
+        os.chmod(path, mode)
+
+
+def port_is_free(port: int, hosts: list[str]) -> bool:
+    """True when ``port`` can be bound on every address of ``hosts``."""
+    for host in hosts:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                return False
+    return True
+
+
+# --- option parsing -----------------------------------------------------------
+
+def _is_true(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "yes", "true", "on"):
+        return True
+    if value in ("", "0", "no", "false", "off"):
+        return False
+    raise zc.buildout.UserError(f"option {name} must be yes or no, not {raw.strip()!r}")
+
+
+def _int(name: str, raw: str, default: int, low: int, high: int) -> int:
+    raw = raw.strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise zc.buildout.UserError(f"option {name} must be a whole number, not {raw!r}") from None
+    if not low <= value <= high:
+        raise zc.buildout.UserError(f"option {name} must be between {low} and {high}, not {value}")
+    return value
+
+
+def _executable(name: str, raw: str, required: bool = True) -> str:
+    path = raw.strip()
+    if not path:
+        if required:
+            raise zc.buildout.UserError(f"option {name} is required")
+        return ""
+    if not os.path.isabs(path):
+        raise zc.buildout.UserError(f"option {name} must be an absolute path, not {path!r}")
+    return path
+
+
+def partition_number(reference: str) -> int | None:
+    """The N of a partition reference such as ``slappartN``."""
+    match = re.search(r"(\d+)$", reference)
+    return int(match.group(1)) if match else None
+
+
+class Recipe:
+    """One partition's slapos-collect: see README.md, "Deploying with SlapOS"."""
+
+    def __init__(self, buildout, name: str, options) -> None:
+        self.name = name
+        self.options = options
+        get = options.get
+        root = Path(get("partition-root", "").strip() or buildout["buildout"]["directory"])
+        if not root.is_absolute():
+            raise zc.buildout.UserError(f"option partition-root must be an absolute path, not {str(root)!r}")
+        self.root = root
+        self.reference = get("partition-reference", "").strip() or root.name
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.reference):
+            raise zc.buildout.UserError(f"option partition-reference {self.reference!r} must be letters, digits, . _ -")
+        self.computer_id = get("computer-id", "").strip()
+
+        self.collect_binary = _executable("slapos-collect-binary", get("slapos-collect-binary", ""))
+        self.slapmonitor_binary = _executable(
+            "slapmonitor-binary",
+            get("slapmonitor-binary", "") or os.path.join(os.path.dirname(self.collect_binary), "slapmonitor"))
+        self.logrotate_binary = _executable("logrotate-binary", get("logrotate-binary", "") or "/usr/sbin/logrotate")
+        self.dcron_binary = _executable("dcron-binary", get("dcron-binary", ""), required=False)
+
+        self.frequency = _int("frequency", get("frequency", ""), 1, 1, 59)
+        self.keep_days = _int("keep-days", get("keep-days", ""), 3, 1, 3650)
+        self.bench = _is_true("bench", get("bench", ""))
+        self.rotate = _int("logrotate-keep", get("logrotate-keep", ""), 7, 1, 365)
+
+        # What to collect.
+        collect = get("collect", "").strip() or "partition"
+        if collect not in ("partition", "node"):
+            raise zc.buildout.UserError(f"option collect must be partition or node, not {collect!r}")
+        self.users: list[str] = get("users", "").split()
+        self.partitions: list[str] = [line.strip() for line in get("partitions", "").splitlines() if line.strip()]
+        for spec in self.partitions:
+            label, sep, path = spec.partition("=")
+            if not sep or not label.strip() or not os.path.isabs(path.strip()):
+                raise zc.buildout.UserError(f"option partitions: {spec!r} must be LABEL=/absolute/path")
+        slapos_cfg = get("slapos-cfg", "").strip() or "/etc/opt/slapos/slapos.cfg"
+        self.slapos_cfg = ""
+        if collect == "node":
+            self.slapos_cfg = slapos_cfg
+            if not os.path.isabs(self.slapos_cfg):
+                raise zc.buildout.UserError(f"option slapos-cfg must be an absolute path, not {self.slapos_cfg!r}")
+        elif not self.users and not self.partitions:
+            by = get("collect-by", "").strip() or "auto"
+            if by not in ("auto", "user", "directory"):
+                raise zc.buildout.UserError(f"option collect-by must be auto, user or directory, not {by!r}")
+            if by == "auto":
+                by = "directory" if self._users_are_shared() else "user"
+            if by == "user":
+                self.users = [pwd.getpwuid(os.getuid()).pw_name]
+            else:
+                self.partitions = [f"{self.reference}={root}"]
+
+        # The slapmonitor: addresses, port, secret.
+        self.ipv6 = get("ipv6", "").split()
+        self.ipv4 = get("ipv4", "").split()
+        for addr in self.ipv6 + self.ipv4:
+            family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+            try:
+                socket.inet_pton(family, addr)
+            except OSError:
+                raise zc.buildout.UserError(f"option ipv4/ipv6: {addr!r} is not an IP address") from None
+        self.hosts = self.ipv6 + self.ipv4
+        if not self.hosts:
+            raise zc.buildout.UserError("options ipv6 and ipv4 are both empty: slapmonitor needs an address")
+        self.port_base = _int("port-base", get("port-base", ""), DEFAULT_PORT_BASE, 1024, 65000)
+
+        # Paths.
+        self.etc = root / "etc"
+        self.cron_d = self.etc / "cron.d"
+        self.service_d = self.etc / "service"
+        self.log_dir = root / "var" / "log"
+        self.cron_log_dir = self.log_dir / "cron"
+        self.run_dir = root / "var" / "run"
+        self.ssl_dir = self.etc / "ssl"
+        self.data_dir = Path(get("data-dir", "").strip() or root / "srv" / "collect")
+        self.paths = {
+            "config_file": self.etc / "slapos-collect.cfg",
+            "secret_file": self.etc / SECRET_FILE,
+            "port_file": self.etc / PORT_FILE,
+            "cert": self.ssl_dir / "slapmonitor.crt",
+            "key": self.ssl_dir / "slapmonitor.key",
+            "collect_log": self.log_dir / "slapos-collect.log",
+            "bench_log": self.log_dir / "slapos-collect-bench.log",
+            "monitor_log": self.log_dir / "slapmonitor.log",
+            "access_log": self.log_dir / "slapmonitor-access.log",
+            "logrotate_conf": self.etc / "logrotate.conf",
+            "logrotate_state": root / "var" / "logrotate.status",
+            "cron_pid": self.run_dir / "crond.pid",
+        }
+
+        self.port = self._port(get("port", ""))
+        self.secret = self._secret()
+
+        host = self.ipv6[0] if self.ipv6 else self.ipv4[0]
+        netloc = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+        base = f"https://{netloc}/"
+        options["data-dir"] = str(self.data_dir)
+        options["collector-db"] = str(self.data_dir / "collector.db")
+        options["config-file"] = str(self.paths["config_file"])
+        options["secret-file"] = str(self.paths["secret_file"])
+        options["cert"] = str(self.paths["cert"])
+        options["key"] = str(self.paths["key"])
+        options["cron-d"] = str(self.cron_d)
+        options["host"] = " ".join(self.hosts)
+        options["port"] = str(self.port)
+        options["monitor-base-url"] = base
+        options["monitor-url"] = f"{base}{self.secret}/server-log/"
+        options["monitor-dashboard-url"] = f"{base}{self.secret}/"
+        options["monitor-metrics-url"] = f"{base}{self.secret}/metrics"
+
+    # -- state kept across buildout runs ---------------------------------
+
+    def _users_are_shared(self) -> bool:
+        """True when this user also owns the folder holding the partitions.
+
+        On a SlapOS node each partition has its own user and the instance root
+        belongs to root; on a test node or a local master one user owns all.
+        """
+        try:
+            return self.root.parent.stat().st_uid == os.getuid()
+        except OSError:
+            return True
+
+    def _port(self, raw: str) -> int:
+        """The requested port, or the one chosen at first install and kept.
+
+        Partitions of a test node share their addresses: the first choice is
+        port-base + the partition number, then any free port.
+        """
+        self.port_requested = bool(raw.strip())
+        if self.port_requested:
+            return _int("port", raw, 0, 1, 65535)
+        port_file = self.paths["port_file"]
+        try:
+            return int(port_file.read_text().strip())
+        except (OSError, ValueError):
+            pass
+        number = partition_number(self.reference)
+        first = self.port_base + (number % 1000 if number is not None else 0)
+        candidates = [first] + [p for p in range(self.port_base, self.port_base + 1000) if p != first]
+        for port in candidates:
+            if port_is_free(port, self.hosts):
+                return port
+        raise zc.buildout.UserError(
+            f"no free port from {self.port_base} to {self.port_base + 999} on {' '.join(self.hosts)}: set option port")
+
+    def _secret(self) -> str:
+        """The slapmonitor secret: read back, or made now and written by install()."""
+        try:
+            value = self.paths["secret_file"].read_text().strip()
+        except OSError:
+            value = ""
+        return value or secrets.token_urlsafe(32)
+
+    def _keep_state(self) -> None:
+        """Write the secret and the chosen port once: they outlive reinstalls."""
+        make_dir(self.etc)
+        secret_file = self.paths["secret_file"]
+        if not secret_file.exists() or not secret_file.read_text().strip():
+            write_atomic(secret_file, self.secret + "\n", 0o600)
+        if not self.port_requested and self._stored_port() is None:
+            write_atomic(self.paths["port_file"], f"{self.port}\n", 0o644)
+
+    def _stored_port(self) -> int | None:
+        try:
+            return int(self.paths["port_file"].read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    # -- install ---------------------------------------------------------
+
+    def bench_minute(self) -> int:
+        """A minute of the hour spread over computers and partitions."""
+        digest = hashlib.sha256(f"{self.computer_id}/{self.reference}".encode()).digest()
+        return digest[0] % 60
+
+    def install(self) -> list[str]:
+        for directory in (self.etc, self.cron_d, self.service_d, self.ssl_dir, self.log_dir,
+                          self.cron_log_dir, self.run_dir, self.root / "var", self.root / "srv"):
+            make_dir(directory)
+        make_dir(self.data_dir, 0o750)
+        self._keep_state()
+
+        values = {name: path for name, path in self.paths.items()}
+        values.update(
+            reference=self.reference,
+            data_dir=self.data_dir,
+            users=" ".join(self.users),
+            partitions="".join(f"\n  {spec}" for spec in self.partitions),
+            slapos_cfg=self.slapos_cfg,
+            keep_days=self.keep_days,
+            computer_id=self.computer_id,
+            host=" ".join(self.hosts),
+            port=self.port,
+            collect_binary=self.collect_binary,
+            slapmonitor_binary=self.slapmonitor_binary,
+            logrotate_binary=self.logrotate_binary,
+            dcron_binary=self.dcron_binary,
+            cron_d=self.cron_d,
+            cron_log_dir=self.cron_log_dir,
+            crontabs=self.etc / "crontabs",
+            cron_stamps=self.root / "var" / "cron-stamps",
+            rotate=self.rotate,
+            schedule="* * * * *" if self.frequency == 1 else f"*/{self.frequency} * * * *",
+            minute=self.bench_minute(),
+        )
+        files: list[tuple[Path, str, int]] = [
+            (self.paths["config_file"], render("slapos-collect.cfg.in", **values), 0o640),
+            (self.cron_d / "slapos-collect", render("cron-collect.in", **values), 0o644),
+            (self.cron_d / "logrotate", render("cron-logrotate.in", **{**values, "minute": 5}), 0o644),
+            (self.paths["logrotate_conf"], render("logrotate.conf.in", **values), 0o644),
+            (self.service_d / "slapmonitor", render("service-slapmonitor.in", **values), 0o750),
+        ]
+        if self.bench:
+            files.append((self.cron_d / "slapos-collect-bench", render("cron-bench.in", **values), 0o644))
+        else:
+            self._remove(self.cron_d / "slapos-collect-bench")
+        if self.dcron_binary:
+            make_dir(self.etc / "crontabs")
+            make_dir(self.root / "var" / "cron-stamps")
+            files.append((self.service_d / "crond", render("service-dcron.in", **values), 0o750))
+        else:
+            files.append((self.service_d / "crond", render("service-cron.in", **values), 0o750))
+        for path, text, mode in files:
+            write_atomic(path, text, mode)
+        # The secret, the port, the data and the logs are not returned: buildout
+        # would delete them when a changed parameter reinstalls the part.
+        return [str(path) for path, _, _ in files]
+
+    def update(self) -> list[str]:
+        return self.install()
+
+    @staticmethod
+    def _remove(path: Path) -> None:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+class Release:
+    """Where the release's templates and sources are, for ``software.cfg``."""
+
+    def __init__(self, buildout, name: str, options) -> None:
+        options["templates"] = str(TEMPLATES)
+        # The folder that holds the package: a checkout for a develop egg.
+        options["source"] = str(Path(__file__).resolve().parent.parent)
+        options["python"] = sys.executable
+        for key in ("logrotate-binary", "dcron-binary"):
+            value = options.get(key, "").strip()
+            if value and not os.path.isabs(value):
+                raise zc.buildout.UserError(f"option {key} must be an absolute path, not {value!r}")
+
+    def install(self) -> list[str]:
+        return []
+
+    update = install
+
+
+class SlapConfiguration:
+    """The partition's parameters and addresses, validated, as string options.
+
+    With ``url`` (the master's), they come from the master as with
+    ``slapos.cookbook:slapconfiguration.serialised``; without it (a test node),
+    from the options ``parameters`` (JSON), ``ipv4``, ``ipv6`` and
+    ``partition``. Every property of the schema ``jsonschema`` becomes an
+    option ``configuration.<name>`` (its default, or empty).
+    An invalid parameter fails the instance with one readable message, also
+    reported to the master.
+    """
+
+    def __init__(self, buildout, name: str, options) -> None:
+        self.options = options
+        schema_path = options.get("jsonschema", "").strip() or str(TEMPLATES / "instance-input-schema.json")
+        try:
+            schema = json.loads(Path(schema_path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise zc.buildout.UserError(f"cannot read the instance schema {schema_path}: {exc}") from None
+        partition = None
+        values: dict = {}
+        if options.get("url", "").strip():
+            values = self._from_master(buildout, options)
+            partition = getattr(self, "_computer_partition", None)
+        else:
+            for key in ("key", "cert", "computer"):  # a test node has no master to reach
+                options.get(key, "")
+            raw = options.get("parameters", "").strip() or "{}"
+            try:
+                parameters = json.loads(raw)
+            except ValueError as exc:
+                raise zc.buildout.UserError(f"option parameters is not JSON: {exc}") from None
+            values = {"configuration": parameters, "ipv4": options.get("ipv4", "").split(),
+                      "ipv6": options.get("ipv6", "").split(),
+                      "slap-computer-partition-id": options.get("partition", "").strip()}
+        parameters = values.get("configuration")
+        if not isinstance(parameters, dict):
+            parameters = {}
+        try:
+            parameters = validate(schema, parameters)
+        except ValueError as exc:
+            message = f"Invalid parameters: {exc}"
+            if partition is not None:
+                try:
+                    partition.error(message)
+                except Exception:  # reporting to the master is best effort
+                    pass
+            raise zc.buildout.UserError(message) from None
+        values["configuration"] = parameters
+        for key, value in values.items():
+            if key == "configuration":
+                continue
+            options[key] = _option_string(value)
+        options["configuration"] = json.dumps(parameters, sort_keys=True)
+        for key in schema.get("properties", {}):
+            options[f"configuration.{key}"] = _option_string(parameters.get(key, ""))
+        ipv4, ipv6 = sorted(values.get("ipv4") or []), sorted(values.get("ipv6") or [])
+        options["ipv4"], options["ipv6"] = " ".join(ipv4), " ".join(ipv6)
+        options["ipv4-random"] = ipv4[0] if ipv4 else ""
+        options["ipv6-random"] = ipv6[0] if ipv6 else ""
+
+    def _from_master(self, buildout, options) -> dict:
+        from slapos.recipe.slapconfiguration import Serialised
+
+        gathered: dict = {key: options[key] for key in options.keys()}
+        reader = Serialised.__new__(Serialised)
+        reader.fetch_parameter_dict(gathered, buildout["buildout"]["directory"])
+        self._computer_partition = reader._computer_partition
+        return {key: value for key, value in gathered.items() if key not in options or key == "configuration"}
+
+    def install(self) -> list[str]:
+        return []
+
+    update = install
+
+
+def _option_string(value: object) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (set, frozenset)):
+        return " ".join(sorted(str(v) for v in value))
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, sort_keys=True, default=str)
+    return str(value)
+
+
+def validate(schema: dict, parameters: dict) -> dict:
+    """``parameters`` checked against ``schema``, with its defaults filled in.
+
+    Integers and booleans given as strings (a non-serialised request) are
+    turned into numbers and booleans first. Raises ValueError with one line
+    per problem.
+    """
+    import jsonschema
+
+    properties = schema.get("properties", {})
+    checked = dict(parameters)
+    for key, spec in properties.items():
+        value = checked.get(key)
+        if isinstance(value, str):
+            kind = spec.get("type")
+            if kind == "integer" and re.fullmatch(r"\s*-?\d+\s*", value):
+                checked[key] = int(value)
+            elif kind == "boolean" and value.strip().lower() in ("true", "false", "yes", "no", "1", "0"):
+                checked[key] = value.strip().lower() in ("true", "yes", "1")
+    validator = jsonschema.Draft7Validator(schema)
+    errors = sorted(validator.iter_errors(checked), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = []
+        for error in errors:
+            where = "/".join(str(p) for p in error.absolute_path)
+            lines.append(f"{where}: {error.message}" if where else error.message)
+        raise ValueError("; ".join(lines))
+    for key, spec in properties.items():
+        if key not in checked and "default" in spec:
+            checked[key] = spec["default"]
+    return checked
