@@ -298,7 +298,9 @@ class Store:
                     f'DELETE FROM "{table}" WHERE reported = 1 AND date < ?', (day,)
                 ).rowcount
         if deleted:
-            self.db.execute("PRAGMA incremental_vacuum")
+            # execute() stops after one step (one page freed); executescript
+            # runs the pragma to the end.
+            self.db.executescript("PRAGMA incremental_vacuum;")
         return deleted
 
     # -- serving (slapmonitor: metrics, dashboard, consistent copies) -------
@@ -415,6 +417,27 @@ class Store:
             "ORDER BY cpu_percent DESC, pid",
             (date, time_, partition),
         ).fetchall()
+
+    def run_partition_sums(self, date: str, time_: str) -> dict[str, tuple]:
+        """``partition -> (processes, cpu_percent, cpu_time, cpu_num_threads,
+        memory_percent, memory_rss, io_rw_counter, io_cycles_counter)``, summed
+        over the partition's processes in the run stamped date/time."""
+        return {
+            row[0]: row[1:] for row in self.db.execute(
+                'SELECT partition, count(*), total(cpu_percent), total(cpu_time), total(cpu_num_threads), '
+                'total(memory_percent), total(memory_rss), total(io_rw_counter), total(io_cycles_counter) '
+                'FROM "user" WHERE date = ? AND time = ? GROUP BY partition',
+                (date, time_),
+            )
+        }
+
+    def latest_disk_used(self, partition: str) -> float | None:
+        """The partition's latest folder size (KiB), whatever its day."""
+        row = self.db.execute(
+            'SELECT disk_used FROM "folder" WHERE partition = ? ORDER BY date DESC, time DESC LIMIT 1',
+            (partition,),
+        ).fetchone()
+        return row[0] if row else None
 
     def has_reported_before(self, day: str) -> bool:
         """Whether garbage collection has anything to delete before ``day``."""

@@ -1,0 +1,265 @@
+"""What the master and the partition owners read: the daily XML consumption
+journal and the per-partition status JSON of the SlapOS monitor.
+
+Both keep the original collector's file names and layout (existing tools read
+them); unlike it, every file is written whole and atomically, units are the
+same everywhere (CPU in %, memory and disk in MiB) and the monitor histories
+are bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable
+from pathlib import Path
+
+from .config import Partition
+from .store import Store
+
+log = logging.getLogger("slapos_collect")
+
+REPORT_DIR = "consumption-report"
+MIB = 1024.0 * 1024.0
+HISTORY_DAYS = 30
+
+PROCESS_DATA = "monitor_resource_process.data.json"
+MEMORY_DATA = "monitor_resource_memory.data.json"
+IO_DATA = "monitor_resource_io.data.json"
+STATUS = "monitor_resource.status.json"
+PROCESS_STATUS = "monitor_process_resource.status.json"
+PROCESS_HEADER = "date, total process, CPU percent, CPU time, CPU threads"
+MEMORY_HEADER = "date, memory used percent, memory used"
+IO_HEADER = "date, io rw counter, io cycles counter, disk used"
+
+
+# -- atomic files ------------------------------------------------------------
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write ``path`` whole: temp file in the same dir, fsync, rename."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def _number(value: float | None) -> float:
+    return round(float(value or 0.0), 2)
+
+
+# -- the daily XML consumption journal ------------------------------------------
+
+def _text(parent: ET.Element, tag: str, text: str) -> ET.Element:
+    element = ET.SubElement(parent, tag)
+    element.text = text
+    return element
+
+
+def _movement(transaction: ET.Element, resource: str, title: str, reference: str, quantity: float) -> None:
+    movement = ET.SubElement(transaction, "movement")
+    _text(movement, "resource", resource)
+    _text(movement, "title", title)
+    _text(movement, "reference", reference)
+    _text(movement, "quantity", repr(float(quantity)))
+    _text(movement, "price", "0.0")
+    _text(movement, "VAT", "")
+    _text(movement, "category", "")
+
+
+def consumption_journal(store: Store, day: str, computer_id: str) -> bytes:
+    """The journal of one day: computer and per-partition averages.
+
+    Units are in each movement's title: CPU load in % (computer: 0-100 for the
+    whole machine; partition: 100 = one core, summed over its processes),
+    memory and disk in MiB. A partition's CPU and memory are averaged over
+    every run of the day (a run where it had no process counts as 0); its disk
+    over the day's folder measurements."""
+    root = ET.Element("journal")
+    transaction = ET.SubElement(root, "transaction", {"type": "Sale Packing List"})
+    _text(transaction, "title", f"Eco Information for {computer_id} ")
+    _text(transaction, "start_date", f"{day} 00:00:00")
+    _text(transaction, "stop_date", f"{day} 23:59:59")
+    _text(transaction, "reference", f"{day}-global")
+    for tag in ("currency", "payment_mode", "category"):
+        _text(transaction, tag, "")
+    ET.SubElement(transaction, "arrow", {"type": "Destination"})
+
+    runs, cpu, memory = store.day_system_averages(day)
+    if cpu is not None:
+        _movement(transaction, "service_module/cpu_load_percent", "CPU Load Percent Average (%)",
+                  computer_id, cpu)
+    if memory is not None:
+        _movement(transaction, "service_module/memory_used", "Used Memory (MiB)", computer_id, memory / MIB)
+    sums = store.day_partition_sums(day)
+    for part, (seen, cpu_sum, _) in sums.items():
+        _movement(transaction, "service_module/cpu_load_percent",
+                  f"CPU Load Percent Average for {part} (%)", part, cpu_sum / (runs or seen))
+    for part, (seen, _, rss_sum) in sums.items():
+        _movement(transaction, "service_module/memory_used",
+                  f"Memory Used Average for {part} (MiB)", part, rss_sum / (runs or seen) / MIB)
+    for part, disk_kib in store.day_folder_averages(day).items():
+        if disk_kib is not None:
+            _movement(transaction, "service_module/disk_used",
+                      f"Partition Disk Used Average for {part} (MiB)", part, disk_kib / 1024.0)
+    body = ET.tostring(root, encoding="unicode", short_empty_elements=False)
+    return ("<?xml version='1.0' encoding='utf-8'?>" + body).encode("utf-8")
+
+
+def write_consumption_report(store: Store, data_dir: Path, day: str, computer_id: str) -> Path | None:
+    """``<data-dir>/consumption-report/<day>.xml``, unless it (or its
+    ``.uploaded`` mark) is already there. Returns the path written, or None."""
+    folder = Path(data_dir) / REPORT_DIR
+    path = folder / f"{day}.xml"
+    if path.exists() or path.with_name(path.name + ".uploaded").exists():
+        return None
+    folder.mkdir(mode=0o755, exist_ok=True)
+    write_atomic(path, consumption_journal(store, day, computer_id))
+    return path
+
+
+def clean_report_leftovers(data_dir: Path) -> None:
+    folder = Path(data_dir) / REPORT_DIR
+    if folder.is_dir():
+        for leftover in folder.glob(".*.tmp"):
+            leftover.unlink(missing_ok=True)
+
+
+# -- the SlapOS monitor's per-partition JSON -----------------------------------------
+
+_FIRST_ROWS = re.compile(rb'"data":\s*\[\s*"[^"]*"\s*,\s*"([^"]*)"')
+
+
+def append_history(path: Path, header: str, row: str, now: float | None = None) -> bool:
+    """Append ``row`` to a ``{"date": epoch, "data": [header, row, ...]}`` file.
+
+    Rows start with their UTC stamp; a row whose stamp is already the last one
+    is not added twice. Rows older than HISTORY_DAYS are dropped (checked on
+    the first row only, so the file is parsed about once a day). The file is
+    rewritten whole (atomic) but never parsed on the common path."""
+    now = time.time() if now is None else now
+    try:
+        raw = path.read_bytes().rstrip()
+    except FileNotFoundError:
+        raw = b""
+    encoded = json.dumps(row).encode()
+    if raw.endswith(b'"]}') and raw.startswith(b'{"date":'):
+        body = raw[:-2]
+        last = body[body.rfind(b'"', 0, len(body) - 1) + 1:-1]
+        if last[:19] >= row[:19].encode() and last[:2].isdigit():
+            return False
+        new = body + b", " + encoded + b"]}"
+        first = _FIRST_ROWS.search(new[:4096])
+        cutoff = _stamp(now - (HISTORY_DAYS + 1) * 86400)
+        if first and first.group(1)[:19].decode(errors="replace") < cutoff:
+            new = _trimmed(new, now, header)
+    else:
+        if raw:
+            log.warning("%s: not a monitor history file, starting it over", path)
+        new = json.dumps({"date": now, "data": [header, row]}).encode()
+    write_atomic(path, new)
+    return True
+
+
+def _stamp(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(epoch))
+
+
+def _trimmed(raw: bytes, now: float, header: str) -> bytes:
+    try:
+        content = json.loads(raw)
+        rows = list(content["data"][1:])
+        created = content.get("date", now)
+    except (ValueError, KeyError, TypeError, IndexError):
+        return json.dumps({"date": now, "data": [header]}).encode()
+    keep_from = _stamp(now - HISTORY_DAYS * 86400)
+    rows = [r for r in rows if isinstance(r, str) and r[:19] >= keep_from]
+    return json.dumps({"date": created, "data": [header, *rows]}).encode()
+
+
+def _process_date(process: str) -> str | None:
+    """The creation time, UTC, out of ``"<pid>-<create_time>"``."""
+    try:
+        created = float(str(process).rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return None
+    return _stamp(created)
+
+
+def monitor_status(store: Store, partition: str, date: str, time_: str,
+                   sums: tuple | None) -> tuple[dict, dict, dict, list[dict]]:
+    """The process, memory and IO dicts and the per-process list of one run."""
+    stamp = f"{date} {time_}"
+    count, cpu, cpu_time, threads, mem_pct, rss, io_rw, io_cycles = sums or (0, 0, 0, 0, 0, 0, 0, 0)
+    process = {"total_process": count, "cpu_percent": _number(cpu), "cpu_time": _number(cpu_time / 60.0),
+               "cpu_num_threads": _number(threads), "date": stamp}
+    memory = {"memory_percent": _number(mem_pct), "memory_rss": _number(rss / MIB), "date": stamp}
+    disk_kib = store.latest_disk_used(partition)
+    io = {"io_rw_counter": _number(io_rw), "io_cycles_counter": _number(io_cycles),
+          "disk_used": _number((disk_kib or 0) / 1024.0), "date": stamp}
+    processes = []
+    for pid, proc, p_cpu, p_time, p_threads, p_mem, p_rss, p_rw, p_cycles in store.run_processes(partition, date, time_):
+        entry = {"pid": int(pid) if pid is not None else None, "cpu_percent": _number(p_cpu),
+                 "cpu_time": _number((p_time or 0) / 60.0), "cpu_num_threads": _number(p_threads),
+                 "memory_percent": _number(p_mem), "memory_rss": _number((p_rss or 0) / MIB),
+                 "io_rw_counter": _number(p_rw), "io_cycles_counter": _number(p_cycles)}
+        created = _process_date(proc)
+        if created:
+            entry["date"] = created
+        processes.append(entry)
+    return process, memory, io, processes
+
+
+def publish_monitor(store: Store, partitions: Iterable[Partition], now: float | None = None) -> list[Path]:
+    """Write the latest run's status into each partition's ``.slapgrid/monitor/``
+    (only where that folder exists). Returns the folders written."""
+    targets = []
+    for part in partitions:
+        if part.path:
+            folder = Path(part.path) / ".slapgrid" / "monitor"
+            if folder.is_dir():
+                targets.append((part.label, folder))
+    if not targets:
+        return []
+    stamp = store.latest_stamp("system")
+    if stamp is None:
+        return []
+    all_sums = store.run_partition_sums(*stamp)
+    written = []
+    for label, folder in targets:
+        process, memory, io, processes = monitor_status(store, label, *stamp, all_sums.get(label))
+        status: dict = {}
+        if process["total_process"]:
+            append_history(folder / PROCESS_DATA, PROCESS_HEADER, ", ".join(str(process[k]) for k in (
+                "date", "total_process", "cpu_percent", "cpu_time", "cpu_num_threads")), now)
+            status.update(process)
+        if memory["memory_rss"]:
+            append_history(folder / MEMORY_DATA, MEMORY_HEADER, ", ".join(str(memory[k]) for k in (
+                "date", "memory_percent", "memory_rss")), now)
+            status.update(memory)
+        if io["io_rw_counter"]:
+            append_history(folder / IO_DATA, IO_HEADER, ", ".join(str(io[k]) for k in (
+                "date", "io_rw_counter", "io_cycles_counter", "disk_used")), now)
+            status.update(io)
+        write_atomic(folder / STATUS, json.dumps(status).encode())
+        write_atomic(folder / PROCESS_STATUS, json.dumps(processes).encode())
+        written.append(folder)
+    return written
+

@@ -1,0 +1,352 @@
+"""rotate: real database, real archives, the real command, real kill -9."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+import pty
+import signal
+import sqlite3
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from datetime import date, timedelta
+from pathlib import Path
+
+import pytest
+from conftest import SCRIPTS, run_cli
+
+from slapos_collect_recipe import config, lock, rotate
+from slapos_collect_recipe.store import DB_NAME, TABLES, Store, columns
+
+
+def days_ago(n: int) -> str:
+    return (date.fromisoformat(rotate.today_utc()) - timedelta(days=n)).isoformat()
+
+
+def fill_day(store: Store, day: str, runs: int = 3, processes: int = 4, partitions: int = 2) -> int:
+    """Rows in every table for ``day``; returns the number of rows inserted."""
+    count = 0
+    with store.transaction():
+        for r in range(runs):
+            stamp = f"{r // 60:02d}:{r % 60:02d}:00"
+            for part in range(partitions):
+                count += store.insert("user", [
+                    (f"slapuser{part}", 1000 + p, f"{1000 + p}-1700000000.00", 1.5 * p, 10.0 + r, 2, 0.5,
+                     (p + 1) * 1048576, 100 * r, 10 * r)
+                    for p in range(processes)], day, stamp)
+            count += store.insert("system", [(0.5, 25.0, 2**30, 2**31, 1e6 * r, 0, 0, 2e6 * r, 0, 0)], day, stamp)
+            count += store.insert("disk", [("/dev/sda1", str(2**33), str(2**34), "/")], day, stamp)
+            count += store.insert("disk_io", [("sda", 1e6 * r, 2e6 * r, 10 * r, 20 * r, 5 * r)], day, stamp)
+            if r == 0:
+                count += store.insert("computer", [(2, 2.4e9, "x86_64", 2**34, "", "/dev/sda1=100")], day, stamp)
+                count += store.insert("folder", [(f"slapuser{p}", 4096.0 * (p + 1)) for p in range(partitions)],
+                                      day, stamp)
+                count += store.insert("benchmark", [("cpu", 1.0, "s")], day, stamp)
+    return count
+
+
+def archive_rows(data_dir: Path) -> dict[str, list[list[str]]]:
+    """table -> every data row in every archive of data_dir (headers checked)."""
+    found: dict[str, list[list[str]]] = {t: [] for t in TABLES}
+    for path in sorted(data_dir.glob("*.tar.gz")):
+        with tarfile.open(path) as tar:
+            for table in TABLES:
+                member = tar.extractfile(f"{path.name.split('.')[0]}/dump_{table}.csv")
+                rows = list(csv.reader(io.TextIOWrapper(member, encoding="utf-8", newline="")))
+                assert rows[0] == columns(table)
+                found[table].extend(rows[1:])
+    return found
+
+
+def db_rows(data_dir: Path, where: str = "1") -> dict[str, int]:
+    db = sqlite3.connect(data_dir / DB_NAME)
+    try:
+        return {t: db.execute(f'SELECT count(*) FROM "{t}" WHERE {where}').fetchone()[0] for t in TABLES}
+    finally:
+        db.close()
+
+
+def settings_for(data_dir: Path, keep_days: int = 3, partitions=()) -> config.CollectSettings:
+    return config.CollectSettings(data_dir=data_dir, partitions=list(partitions), keep_days=keep_days,
+                                  computer_id="COMP-42")
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def snapshot_dir(data_dir: Path) -> dict[str, str]:
+    return {str(p.relative_to(data_dir)): digest(p) for p in sorted(data_dir.rglob("*"))
+            if p.is_file() and not p.name.startswith(("collector.db", "."))}
+
+
+def test_rotate_archives_every_past_day_and_marks_it(data_dir: Path) -> None:
+    with Store(data_dir / DB_NAME) as store:
+        inserted = {d: fill_day(store, d) for d in (days_ago(2), days_ago(1))}
+        fill_day(store, rotate.today_utc())
+    proc = run_cli("rotate", "--data-dir", str(data_dir), check=True)
+    assert proc.stdout == "" and proc.stderr == ""
+
+    for day, count in inserted.items():
+        archive = data_dir / f"{day}.tar.gz"
+        with tarfile.open(archive) as tar:
+            names = tar.getnames()
+            assert names == [day] + [f"{day}/dump_{t}.csv" for t in TABLES]
+            assert tar.getmember(day).isdir()
+            total = 0
+            for table in TABLES:
+                rows = list(csv.reader(io.TextIOWrapper(tar.extractfile(f"{day}/dump_{table}.csv"), newline="")))
+                assert rows[0] == columns(table)
+                assert all(row[columns(table).index("date")] == day for row in rows[1:])
+                total += len(rows) - 1
+        assert total == count
+        assert (data_dir / "consumption-report" / f"{day}.xml").is_file()
+        assert not (data_dir / day).exists()
+    # Past days reported, today untouched; nothing half-written left behind.
+    assert sum(db_rows(data_dir, f"date < '{rotate.today_utc()}' AND reported = 0").values()) == 0
+    assert sum(db_rows(data_dir, f"date = '{rotate.today_utc()}' AND reported = 1").values()) == 0
+    assert sum(db_rows(data_dir, f"date = '{rotate.today_utc()}'").values()) > 0
+    assert not list(data_dir.glob(".*.tmp"))
+    assert not (data_dir / f"{rotate.today_utc()}.tar.gz").exists()
+
+
+def test_rotate_twice_changes_nothing(data_dir: Path) -> None:
+    with Store(data_dir / DB_NAME) as store:
+        fill_day(store, days_ago(1))
+    run_cli("rotate", "--data-dir", str(data_dir), check=True)
+    before_files = snapshot_dir(data_dir)
+    before_rows = db_rows(data_dir, "reported = 1")
+    run_cli("rotate", "--data-dir", str(data_dir), check=True)
+    assert snapshot_dir(data_dir) == before_files
+    assert db_rows(data_dir, "reported = 1") == before_rows
+    assert sorted(p.name for p in data_dir.glob("*.tar.gz")) == [f"{days_ago(1)}.tar.gz"]
+
+
+def test_late_rows_go_to_a_new_archive_never_over_the_old_one(data_dir: Path) -> None:
+    day = days_ago(1)
+    with Store(data_dir / DB_NAME) as store:
+        first = fill_day(store, day)
+        rotate.rotate(store, settings_for(data_dir))
+        original = digest(data_dir / f"{day}.tar.gz")
+        late = fill_day(store, day, runs=1, processes=2)
+        result = rotate.rotate(store, settings_for(data_dir))
+        assert [p.name for p in result.archives] == [f"{day}.late-1.tar.gz"]
+        later = fill_day(store, day, runs=1, processes=1)
+        rotate.rotate(store, settings_for(data_dir))
+    assert digest(data_dir / f"{day}.tar.gz") == original
+    counts = {}
+    for name in (f"{day}.tar.gz", f"{day}.late-1.tar.gz", f"{day}.late-2.tar.gz"):
+        with tarfile.open(data_dir / name) as tar:
+            assert tar.getnames()[0] == day
+            counts[name] = sum(
+                sum(1 for _ in tar.extractfile(m)) - 1 for m in tar.getmembers() if m.isfile())
+    assert list(counts.values()) == [first, late, later]
+    assert sum(db_rows(data_dir, "reported = 0").values()) == 0
+
+
+def test_garbage_collection_keeps_days_and_gives_space_back(data_dir: Path) -> None:
+    with Store(data_dir / DB_NAME) as store:
+        for n in range(1, 7):
+            fill_day(store, days_ago(n), runs=30, processes=20)
+    size_before = (data_dir / DB_NAME).stat().st_size
+    run_cli("rotate", "--data-dir", str(data_dir), "--keep-days", "3", check=True)
+    db = sqlite3.connect(data_dir / DB_NAME)
+    kept = sorted(d for (d,) in db.execute('SELECT DISTINCT date FROM "user"'))
+    assert kept == [days_ago(3), days_ago(2), days_ago(1)]
+    assert db.execute("PRAGMA freelist_count").fetchone()[0] == 0
+    db.close()
+    assert (data_dir / DB_NAME).stat().st_size < size_before
+    # The deleted days are safe in their archives.
+    assert len(list(data_dir.glob("*.tar.gz"))) == 6
+
+
+def test_garbage_collection_never_deletes_unreported_rows(data_dir: Path) -> None:
+    old = days_ago(10)
+    with Store(data_dir / DB_NAME) as store:
+        count = fill_day(store, old)
+    # Stop the rotation before it marks the day, as a crash would.
+    proc = subprocess.Popen([str(SCRIPTS / "slapos-collect"), "rotate", "--data-dir", str(data_dir),
+                             "--keep-days", "1"], stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, **{rotate.PAUSE_ENV: "linked"}))
+    try:
+        assert proc.stderr.readline().strip() == "paused at linked"
+    finally:
+        proc.kill()
+        proc.wait()
+    assert sum(db_rows(data_dir, "reported = 0").values()) == count
+    with Store(data_dir / DB_NAME) as store:
+        store.delete_reported_before(rotate.today_utc())
+    assert sum(db_rows(data_dir).values()) == count
+
+
+KILL_POINTS = ["dumped-user", "dumped-benchmark", "packed", "pending", "linked", "marked", "gc"]
+
+
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_kill_9_at_any_point_loses_nothing(data_dir: Path, point: str) -> None:
+    days = [days_ago(2), days_ago(1)]
+    with Store(data_dir / DB_NAME) as store:
+        for day in days:
+            fill_day(store, day)
+    expected = {t: sorted(r for r in _all_rows(data_dir, t)) for t in TABLES}
+    proc = subprocess.Popen([str(SCRIPTS / "slapos-collect"), "rotate", "--data-dir", str(data_dir)],
+                            stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, **{rotate.PAUSE_ENV: point}))
+    try:
+        assert proc.stderr.readline().strip() == f"paused at {point}"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+    # Right after the crash: every row marked reported is in an archive on disk.
+    archived = archive_rows(data_dir)
+    for table in TABLES:
+        reported = _all_rows(data_dir, table, "reported = 1")
+        assert set(reported) <= {tuple(r[:-1]) for r in archived[table]}
+
+    run_cli("rotate", "--data-dir", str(data_dir), check=True)
+    archived = archive_rows(data_dir)
+    for table in TABLES:
+        # Each row in exactly one archive, none lost, none twice.
+        assert sorted(tuple(r[:-1]) for r in archived[table]) == expected[table]
+    assert sum(db_rows(data_dir, "reported = 0").values()) == 0
+    assert sorted(p.name for p in data_dir.glob("*.tar.gz")) == [f"{d}.tar.gz" for d in days]
+    assert not [p for p in data_dir.iterdir() if p.name.endswith(".tmp") or p.is_dir() and p.name in days]
+    with Store(data_dir / DB_NAME) as store:
+        assert store.get_state(rotate.PENDING_KEY) is None
+
+
+def _all_rows(data_dir: Path, table: str, where: str = "1") -> list[tuple]:
+    """Rows as the dump writes them (text), all columns but ``reported``."""
+    db = sqlite3.connect(data_dir / DB_NAME)
+    try:
+        out = []
+        for row in db.execute(f'SELECT * FROM "{table}" WHERE {where}'):
+            buffer = io.StringIO()
+            csv.writer(buffer).writerow(row[:-1])
+            out.append(tuple(next(csv.reader(io.StringIO(buffer.getvalue())))))
+        return out
+    finally:
+        db.close()
+
+
+def test_kill_9_while_the_archive_is_being_written(data_dir: Path) -> None:
+    day = days_ago(1)
+    with Store(data_dir / DB_NAME) as store:
+        count = fill_day(store, day, runs=200, processes=300, partitions=2)
+    proc = subprocess.Popen([str(SCRIPTS / "slapos-collect"), "rotate", "--data-dir", str(data_dir)],
+                            stderr=subprocess.DEVNULL)
+    tmp = data_dir / f".{day}.tar.gz.tmp"
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if tmp.exists() and tmp.stat().st_size > 0:
+                break
+            time.sleep(0.005)
+        assert proc.poll() is None, "rotate finished before the archive could be caught half-written"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert not (data_dir / f"{day}.tar.gz").exists()
+    assert sum(db_rows(data_dir, "reported = 1").values()) == 0
+    run_cli("rotate", "--data-dir", str(data_dir), check=True)
+    assert sum(len(rows) for rows in archive_rows(data_dir).values()) == count
+    assert not list(data_dir.glob(".*.tmp"))
+
+
+def test_backlog_of_thirty_days_in_bounded_memory(data_dir: Path) -> None:
+    with Store(data_dir / DB_NAME) as store:
+        total = sum(fill_day(store, days_ago(n), runs=60, processes=100, partitions=1) for n in range(1, 31))
+    # Stop it once every day is archived and read its peak RSS (VmHWM: the
+    # rusage of a child forked from this big process would include ours).
+    proc = subprocess.Popen([str(SCRIPTS / "slapos-collect"), "rotate", "--data-dir", str(data_dir),
+                             "--keep-days", "40"], stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, **{rotate.PAUSE_ENV: "gc"}))
+    try:
+        assert proc.stderr.readline().strip() == "paused at gc"
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+    finally:
+        proc.kill()
+        proc.wait()
+    peak_kib = int(status.split("VmHWM:")[1].split()[0])
+    assert len(list(data_dir.glob("*.tar.gz"))) == 30
+    assert sum(len(rows) for rows in archive_rows(data_dir).values()) == total
+    assert sum(db_rows(data_dir, "reported = 0").values()) == 0
+    # Far below what holding 30 days (~200,000 rows) in memory would take.
+    assert peak_kib < 64 * 1024, peak_kib
+
+
+def test_progress_bar_only_on_a_terminal(data_dir: Path) -> None:
+    with Store(data_dir / DB_NAME) as store:
+        for n in (3, 2, 1):
+            fill_day(store, days_ago(n))
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([str(SCRIPTS / "slapos-collect"), "rotate", "--data-dir", str(data_dir)],
+                            stderr=slave, stdout=subprocess.DEVNULL)
+    os.close(slave)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(master)
+    assert proc.wait() == 0
+    text = output.decode()
+    assert "day 3/3" in text and "\r[" in text and "100.0%" in text
+
+    with Store(data_dir / DB_NAME) as store:
+        fill_day(store, days_ago(4))
+    proc = run_cli("rotate", "--data-dir", str(data_dir), check=True)
+    assert proc.stderr == ""
+
+
+def test_rotate_waits_for_a_running_collect(data_dir: Path) -> None:
+    with Store(data_dir / DB_NAME) as store:
+        fill_day(store, days_ago(1))
+    released = threading.Event()
+
+    def hold() -> None:
+        with lock.exclusive(data_dir / lock.COLLECT_LOCK):
+            started.set()
+            time.sleep(1.5)
+            released.set()
+
+    started = threading.Event()
+    holder = threading.Thread(target=hold)
+    holder.start()
+    started.wait()
+    proc = run_cli("rotate", "--data-dir", str(data_dir), check=True)
+    holder.join()
+    assert released.is_set()
+    assert (data_dir / f"{days_ago(1)}.tar.gz").exists()
+    assert proc.stderr == ""
+
+
+def test_bad_keep_days_is_one_line(data_dir: Path) -> None:
+    proc = run_cli("rotate", "--data-dir", str(data_dir), "--keep-days", "0")
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "keep-days" in proc.stderr
+
+
+def test_nothing_to_do_writes_nothing(data_dir: Path) -> None:
+    with Store(data_dir / DB_NAME) as store:
+        fill_day(store, rotate.today_utc())
+        result = rotate.rotate(store, settings_for(data_dir))
+    assert result.days == [] and result.rows_deleted == 0
+    assert not list(data_dir.glob("*.tar.gz"))
+    assert not (data_dir / "consumption-report").exists()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__, "-x", "-q"]))
