@@ -1,0 +1,206 @@
+/* slapmonitor dashboard: charts of today's CSVs (header "time,entry") and the
+ * partitions' latest consumption. Everything comes from this server, relative
+ * to /<secret>/; refreshed every minute. */
+(function () {
+  "use strict";
+
+  var REFRESH_MS = 60000;
+  var state = { graphs: {}, ready: false, refreshes: 0, errors: [] };
+  window.slapmonitor = state;
+
+  var FIXED = [
+    { id: "cpu", title: "CPU (%)", files: ["system_cpu_percent.csv"], labels: ["busy %"] },
+    { id: "load", title: "Load average (1 min)", files: ["system_loadavg.csv"], labels: ["load"] },
+    { id: "memory", title: "Memory (KiB)", files: ["system_memory_used.csv", "system_memory_free.csv"],
+      labels: ["used", "free"] },
+    { id: "network", title: "Network (KiB per sample)", files: ["system_net_in_bytes.csv", "system_net_out_bytes.csv"],
+      labels: ["in", "out"] },
+    { id: "network-errors", title: "Network errors and drops",
+      files: ["system_net_in_errors.csv", "system_net_out_errors.csv",
+              "system_net_in_dropped.csv", "system_net_out_dropped.csv"],
+      labels: ["in errors", "out errors", "in dropped", "out dropped"] }
+  ];
+
+  function text(el, value) { el.textContent = value; return el; }
+
+  function make(tag, cls) {
+    var el = document.createElement(tag);
+    if (cls) { el.className = cls; }
+    return el;
+  }
+
+  /* Chart groups from the CSV names present at the top of the data dir. */
+  function groupsOf(names) {
+    var present = {};
+    names.forEach(function (n) { present[n] = true; });
+    var used = {};
+    var groups = [];
+    FIXED.forEach(function (g) {
+      var files = [], labels = [];
+      g.files.forEach(function (f, i) {
+        if (present[f]) { files.push(f); labels.push(g.labels[i]); used[f] = true; }
+      });
+      if (files.length) { groups.push({ id: g.id, title: g.title, files: files, labels: labels }); }
+    });
+    var disks = {};
+    names.forEach(function (n) {
+      var m = /^system_disk_memory_(used|free)_(.+)\.csv$/.exec(n);
+      if (m) {
+        used[n] = true;
+        (disks[m[2]] = disks[m[2]] || {})[m[1]] = n;
+      }
+    });
+    Object.keys(disks).sort().forEach(function (dev) {
+      var files = [], labels = [];
+      ["used", "free"].forEach(function (k) {
+        if (disks[dev][k]) { files.push(disks[dev][k]); labels.push(k); }
+      });
+      groups.push({ id: "disk-" + dev, title: "Disk " + dev.replace(/_/g, "/") + " (KiB)",
+                    files: files, labels: labels });
+    });
+    var others = [], benches = [];
+    names.forEach(function (n) {
+      if (used[n]) { return; }
+      var m = /^(system|benchmark)_(.+)\.csv$/.exec(n);
+      if (!m) { return; }
+      var g = { id: n.replace(/\.csv$/, ""), title: (m[1] === "benchmark" ? "Benchmark " : "") + m[2],
+                files: [n], labels: [m[2]] };
+      (m[1] === "benchmark" ? benches : others).push(g);
+    });
+    return groups.concat(others.sort(byId), benches.sort(byId));
+  }
+
+  function byId(a, b) { return a.id < b.id ? -1 : a.id > b.id ? 1 : 0; }
+
+  function get(url, json) {
+    var headers = json ? { "Accept": "application/json" } : {};
+    return fetch(url, { cache: "no-cache", headers: headers }).then(function (r) {
+      if (!r.ok) { throw new Error(url + ": HTTP " + r.status); }
+      return json ? r.json() : r.text();
+    });
+  }
+
+  /* "time,entry" lines -> {time string: value}. */
+  function parseCsv(body) {
+    var out = {};
+    body.split(/\r?\n/).forEach(function (line) {
+      var comma = line.indexOf(",");
+      if (comma < 0) { return; }
+      var t = line.slice(0, comma).replace(/"/g, "").trim();
+      if (t === "time" || !t) { return; }
+      var v = parseFloat(line.slice(comma + 1).replace(/"/g, ""));
+      out[t] = isNaN(v) ? null : v;
+    });
+    return out;
+  }
+
+  function toDate(t) {
+    var d = new Date(t.replace(" ", "T") + (/Z$|[+-]\d\d:?\d\d$/.test(t) ? "" : "Z"));
+    return isNaN(d.getTime()) ? null : d;
+  }
+
+  /* Several series merged on their time column, sorted. */
+  function merge(series) {
+    var rows = {};
+    series.forEach(function (s, i) {
+      Object.keys(s).forEach(function (t) {
+        var row = rows[t];
+        if (!row) {
+          var d = toDate(t);
+          if (!d) { return; }
+          row = rows[t] = [d];
+          for (var k = 0; k < series.length; k++) { row.push(null); }
+        }
+        row[i + 1] = s[t];
+      });
+    });
+    return Object.keys(rows).sort().map(function (t) { return rows[t]; });
+  }
+
+  function draw(group) {
+    return Promise.all(group.files.map(function (f) {
+      return get("server-log/" + encodeURIComponent(f), false).then(parseCsv);
+    })).then(function (series) {
+      var data = merge(series);
+      var box = document.getElementById("chart-" + group.id);
+      if (!box) {
+        box = make("div", "chart");
+        box.id = "chart-" + group.id;
+        box.appendChild(text(make("h3"), group.title));
+        box.appendChild(make("div", "plot"));
+        document.getElementById("charts").appendChild(box);
+      }
+      var plot = box.querySelector(".plot");
+      var graph = state.graphs[group.id];
+      if (!data.length) {
+        if (!graph) { text(plot, "no data yet today").className = "plot empty"; }
+        return;
+      }
+      if (graph) {
+        graph.updateOptions({ file: data });
+      } else {
+        plot.textContent = "";
+        plot.className = "plot";
+        state.graphs[group.id] = new Dygraph(plot, data, {
+          labels: ["time"].concat(group.labels),
+          labelsUTC: true,
+          legend: "always",
+          connectSeparatedPoints: true,
+          includeZero: true
+        });
+      }
+    });
+  }
+
+  function fmt(value, scale, digits) {
+    if (value === null || value === undefined) { return ""; }
+    return (value / scale).toFixed(digits);
+  }
+
+  function table(report) {
+    var body = document.querySelector("#partitions tbody");
+    body.textContent = "";
+    text(document.getElementById("stamp"), report.date ? ", " + report.date + " " + report.time + " UTC" : "");
+    report.partitions.forEach(function (p) {
+      var tr = make("tr");
+      tr.appendChild(text(make("td"), p.partition));
+      [[p.processes, 1, 0], [p.threads, 1, 0], [p.cpu_percent, 1, 1], [p.cpu_seconds, 1, 1],
+       [p.resident_bytes, 1048576, 1], [p.memory_percent, 1, 2], [p.io_bytes, 1048576, 1],
+       [p.io_ops, 1, 0], [p.folder_bytes, 1048576, 1]].forEach(function (c) {
+        tr.appendChild(text(make("td", "n"), fmt(c[0], c[1], c[2])));
+      });
+      body.appendChild(tr);
+    });
+    if (!report.partitions.length) {
+      var tr = make("tr"), td = make("td", "empty");
+      td.colSpan = 10;
+      tr.appendChild(text(td, "no partition data yet"));
+      body.appendChild(tr);
+    }
+  }
+
+  function refresh() {
+    var status = document.getElementById("status");
+    return Promise.all([
+      get("api/partitions", true).then(table),
+      get("server-log/", true).then(function (listing) {
+        var names = listing.entries.filter(function (e) { return e.type === "file"; })
+          .map(function (e) { return e.name; });
+        return Promise.all(groupsOf(names).map(draw));
+      })
+    ]).then(function () {
+      state.refreshes += 1;
+      state.ready = true;
+      status.className = "";
+      text(status, "updated " + new Date().toISOString().slice(11, 19) + " UTC, every minute");
+    }, function (err) {
+      state.errors.push(String(err));
+      state.ready = true;
+      status.className = "error";
+      text(status, "update failed: " + err.message);
+    });
+  }
+
+  refresh();
+  setInterval(refresh, REFRESH_MS);
+}());

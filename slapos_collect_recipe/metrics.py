@@ -1,0 +1,288 @@
+"""Prometheus exposition of the store, built when scraped (``/<secret>/metrics``).
+
+A custom collector reads the latest run from ``collector.db`` on every scrape
+and keeps nothing between scrapes: Prometheus sees exactly what the store holds.
+System figures use node_exporter's names (so existing dashboards and alerts
+apply); partitions get ``slapos_partition_*`` families labelled by partition.
+Base units throughout (bytes, seconds); no pid labels (unbounded cardinality).
+"""
+
+from __future__ import annotations
+
+import calendar
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from .store import DB_NAME, Store
+
+log = logging.getLogger("slapos_collect")
+
+STATUS_NAME = "benchmark_status.json"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def _number(value: Any) -> float | None:
+    """A finite float from a store value (disk sizes are stored as text)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number == number and number not in (float("inf"), float("-inf")) else None
+
+
+def _stamp_seconds(date: str, time_: str) -> float | None:
+    try:
+        return float(calendar.timegm(time.strptime(f"{date} {time_}", "%Y-%m-%d %H:%M:%S")))
+    except (TypeError, ValueError):
+        return None
+
+
+def open_store(data_dir: Path) -> Store | None:
+    """A read-only connection to the data dir's store, or None when there is none yet."""
+    path = Path(data_dir) / DB_NAME
+    if not path.is_file():
+        return None
+    return Store(path, readonly=True, timeout=5.0)
+
+
+def current_partitions(store: Store) -> dict[str, Any]:
+    """The partitions' consumption in the latest run (dashboard table, metrics)."""
+    stamp = store.latest_stamp("user")
+    folders = store.latest_folder_sizes()
+    partitions: dict[str, dict[str, Any]] = {}
+    if stamp:
+        for row in store.partition_totals(*stamp):
+            partitions[row["partition"]] = {
+                "processes": row["processes"],
+                "threads": row["threads"],
+                "cpu_percent": row["cpu_percent"],
+                "cpu_seconds": row["cpu_time"],
+                "memory_percent": row["memory_percent"],
+                "resident_bytes": row["memory_rss"],
+                "io_bytes": row["io_rw"],
+                "io_ops": row["io_cycles"],
+            }
+    for part, kib in folders.items():
+        size = _number(kib)
+        if size is not None:
+            partitions.setdefault(part, {})["folder_bytes"] = size * 1024
+    return {
+        "date": stamp[0] if stamp else None,
+        "time": stamp[1] if stamp else None,
+        "partitions": [{"partition": name, **figures} for name, figures in sorted(partitions.items())],
+    }
+
+
+def read_benchmark_status(data_dir: Path) -> dict[str, Any] | None:
+    """``benchmark_status.json`` as written by ``bench``, or None when absent or unreadable."""
+    path = Path(data_dir) / STATUS_NAME
+    try:
+        status = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("cannot read %s: %s", path, exc)
+        return None
+    return status if isinstance(status, dict) else None
+
+
+class StoreCollector:
+    """prometheus_client custom collector: one read of the store per scrape."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir)
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            store = open_store(self.data_dir)
+        except sqlite3.Error as exc:
+            log.warning("metrics: cannot open the store: %s", exc)
+            store = None
+        if store is not None:
+            try:
+                yield from self._from_store(store)
+            except sqlite3.Error as exc:
+                log.warning("metrics: cannot read the store: %s", exc)
+            finally:
+                store.close()
+        yield from self._from_status()
+
+    # -- the store ---------------------------------------------------------
+
+    def _from_store(self, store: Store) -> Iterator[Metric]:
+        yield from self._system(store)
+        yield from self._machine(store)
+        yield from self._disks(store)
+        yield from self._partitions(store)
+        yield from self._benchmarks(store)
+
+    def _system(self, store: Store) -> Iterator[Metric]:
+        rows = store.latest_rows("system")
+        if not rows:
+            return
+        row = rows[0]
+        stamp = _stamp_seconds(row["date"], row["time"])
+        if stamp is not None:
+            yield GaugeMetricFamily(
+                "slapos_collect_last_run_timestamp_seconds",
+                "When the collector's latest run was stamped (Unix time, UTC)", value=stamp)
+        gauges = (
+            ("node_load1", "1m load average", "loadavg"),
+            ("node_cpu_busy_percent", "Machine CPU busy percentage (100 - idle) at the latest run", "cpu_percent"),
+            ("node_memory_used_bytes", "Memory used (total - available)", "memory_used"),
+            ("node_memory_MemAvailable_bytes", "Memory available", "memory_free"),
+        )
+        for name, help_text, column in gauges:
+            value = _number(row[column])
+            if value is not None:
+                yield GaugeMetricFamily(name, help_text, value=value)
+        counters = (
+            ("node_network_receive_bytes", "Bytes received, all interfaces", "net_in_bytes"),
+            ("node_network_transmit_bytes", "Bytes sent, all interfaces", "net_out_bytes"),
+            ("node_network_receive_errs", "Receive errors, all interfaces", "net_in_errors"),
+            ("node_network_transmit_errs", "Transmit errors, all interfaces", "net_out_errors"),
+            ("node_network_receive_drop", "Received packets dropped, all interfaces", "net_in_dropped"),
+            ("node_network_transmit_drop", "Outgoing packets dropped, all interfaces", "net_out_dropped"),
+        )
+        for name, help_text, column in counters:
+            value = _number(row[column])
+            if value is not None:
+                yield CounterMetricFamily(name, help_text, value=value)
+
+    def _machine(self, store: Store) -> Iterator[Metric]:
+        rows = store.latest_rows("computer")
+        if not rows:
+            return
+        row = rows[0]
+        total = _number(row["memory_size"])
+        if total is not None:
+            yield GaugeMetricFamily("node_memory_MemTotal_bytes", "Memory installed", value=total)
+        cores = _number(row["cpu_num_core"])
+        if cores is not None:
+            yield GaugeMetricFamily("slapos_machine_cpu_cores", "CPU cores of the machine", value=cores)
+
+    def _disks(self, store: Store) -> Iterator[Metric]:
+        size = GaugeMetricFamily("node_filesystem_size_bytes", "Filesystem size (used + free)",
+                                 labels=["device", "mountpoint"])
+        avail = GaugeMetricFamily("node_filesystem_avail_bytes", "Filesystem space available",
+                                  labels=["device", "mountpoint"])
+        seen = False
+        for row in store.latest_rows("disk"):
+            used, free = _number(row["used"]), _number(row["free"])
+            if used is None or free is None:
+                continue
+            labels = [str(row["partition"]), str(row["mountpoint"] or "")]
+            size.add_metric(labels, used + free)
+            avail.add_metric(labels, free)
+            seen = True
+        if seen:
+            yield size
+            yield avail
+        io_rows = store.latest_rows("disk_io")
+        if not io_rows:
+            return
+        families = (
+            ("node_disk_read_bytes", "Bytes read", "read_bytes", 1.0),
+            ("node_disk_written_bytes", "Bytes written", "write_bytes", 1.0),
+            ("node_disk_reads_completed", "Reads completed", "read_count", 1.0),
+            ("node_disk_writes_completed", "Writes completed", "write_count", 1.0),
+            ("node_disk_io_time_seconds", "Time spent doing IO", "busy_time", 0.001),
+        )
+        for name, help_text, column, scale in families:
+            family = CounterMetricFamily(name, help_text, labels=["device"])
+            for row in io_rows:
+                value = _number(row[column])
+                if value is not None:
+                    family.add_metric([str(row["device"])], value * scale)
+            yield family
+
+    def _partitions(self, store: Store) -> Iterator[Metric]:
+        current = current_partitions(store)["partitions"]
+        if not current:
+            return
+        specs = (
+            ("slapos_partition_cpu_seconds", "CPU time (user + system) of the partition's processes",
+             "cpu_seconds", CounterMetricFamily),
+            ("slapos_partition_cpu_percent", "CPU percentage of the partition's processes (sum)",
+             "cpu_percent", GaugeMetricFamily),
+            ("slapos_partition_resident_bytes", "Resident memory of the partition's processes",
+             "resident_bytes", GaugeMetricFamily),
+            ("slapos_partition_memory_percent", "Share of the machine's memory used by the partition",
+             "memory_percent", GaugeMetricFamily),
+            ("slapos_partition_io_bytes", "Bytes read and written by the partition's processes",
+             "io_bytes", CounterMetricFamily),
+            ("slapos_partition_io_ops", "Read and write operations of the partition's processes",
+             "io_ops", CounterMetricFamily),
+            ("slapos_partition_processes", "Processes of the partition", "processes", GaugeMetricFamily),
+            ("slapos_partition_threads", "Threads of the partition's processes", "threads", GaugeMetricFamily),
+            ("slapos_partition_folder_bytes", "Disk space used by the partition's folder (latest measure)",
+             "folder_bytes", GaugeMetricFamily),
+        )
+        for name, help_text, key, kind in specs:
+            family = kind(name, help_text, labels=["partition"])
+            present = False
+            for part in current:
+                value = _number(part.get(key))
+                if value is not None:
+                    family.add_metric([part["partition"]], value)
+                    present = True
+            if present:
+                yield family
+
+    def _benchmarks(self, store: Store) -> Iterator[Metric]:
+        rows = store.latest_benchmarks()
+        if not rows:
+            return
+        family = GaugeMetricFamily("slapos_benchmark_value", "Latest result of each machine benchmark",
+                                   labels=["name", "unit"])
+        for name, value, unit in rows:
+            number = _number(value)
+            if number is not None:
+                family.add_metric([str(name), str(unit or "")], number)
+        yield family
+
+    # -- benchmark_status.json -----------------------------------------------
+
+    def _from_status(self) -> Iterator[Metric]:
+        status = read_benchmark_status(self.data_dir)
+        if status is None:
+            return
+        if "degraded" in status:
+            yield GaugeMetricFamily("slapos_machine_degraded",
+                                    "1 when a benchmark fell below its threshold of the baseline",
+                                    value=1.0 if status.get("degraded") else 0.0)
+        benchmarks = status.get("benchmarks")
+        if not isinstance(benchmarks, dict) or not benchmarks:
+            return
+        degraded = GaugeMetricFamily("slapos_benchmark_degraded", "1 when this benchmark is degraded",
+                                     labels=["name"])
+        ratio = GaugeMetricFamily("slapos_benchmark_ratio", "Latest value over the baseline",
+                                  labels=["name"])
+        for name, entry in sorted(benchmarks.items()):
+            if not isinstance(entry, dict):
+                continue
+            degraded.add_metric([str(name)], 1.0 if entry.get("degraded") else 0.0)
+            value = _number(entry.get("ratio"))
+            if value is not None:
+                ratio.add_metric([str(name)], value)
+        yield degraded
+        yield ratio
+
+
+def build_registry(data_dir: Path) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StoreCollector(data_dir))
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    """The text exposition (blocking: run it in a thread)."""
+    return generate_latest(registry)
