@@ -9,6 +9,7 @@ are bounded.
 
 from __future__ import annotations
 
+import calendar
 import json
 import logging
 import os
@@ -151,9 +152,10 @@ def append_history(path: Path, header: str, row: str, now: float | None = None) 
     """Append ``row`` to a ``{"date": epoch, "data": [header, row, ...]}`` file.
 
     Rows start with their UTC stamp; a row whose stamp is already the last one
-    is not added twice. Rows older than HISTORY_DAYS are dropped (checked on
-    the first row only, so the file is parsed about once a day). The file is
-    rewritten whole (atomic) but never parsed on the common path."""
+    is not added twice. Rows more than HISTORY_DAYS older than the new row are
+    dropped (checked on the first row only, so the file is parsed about once a
+    day). The file is rewritten whole (atomic) but not parsed on the common
+    path. ``now`` is the creation date of a new file."""
     now = time.time() if now is None else now
     try:
         raw = path.read_bytes().rstrip()
@@ -167,9 +169,10 @@ def append_history(path: Path, header: str, row: str, now: float | None = None) 
             return False
         new = body + b", " + encoded + b"]}"
         first = _FIRST_ROWS.search(new[:4096])
-        cutoff = _stamp(now - (HISTORY_DAYS + 1) * 86400)
-        if first and first.group(1)[:19].decode(errors="replace") < cutoff:
-            new = _trimmed(new, now, header)
+        newest = _epoch(row[:19])
+        if first and newest is not None and first.group(1)[:19].decode(errors="replace") < _stamp(
+                newest - (HISTORY_DAYS + 1) * 86400):
+            new = _trimmed(new, newest, header)
     else:
         if raw:
             log.warning("%s: not a monitor history file, starting it over", path)
@@ -182,14 +185,22 @@ def _stamp(epoch: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(epoch))
 
 
-def _trimmed(raw: bytes, now: float, header: str) -> bytes:
+def _epoch(stamp: str) -> float | None:
+    try:
+        return calendar.timegm(time.strptime(stamp, "%Y-%m-%d %H:%M:%S"))
+    except ValueError:
+        return None
+
+
+def _trimmed(raw: bytes, newest: float, header: str) -> bytes:
+    now = time.time()
     try:
         content = json.loads(raw)
         rows = list(content["data"][1:])
         created = content.get("date", now)
     except (ValueError, KeyError, TypeError, IndexError):
         return json.dumps({"date": now, "data": [header]}).encode()
-    keep_from = _stamp(now - HISTORY_DAYS * 86400)
+    keep_from = _stamp(newest - HISTORY_DAYS * 86400)
     rows = [r for r in rows if isinstance(r, str) and r[:19] >= keep_from]
     return json.dumps({"date": created, "data": [header, *rows]}).encode()
 

@@ -1,0 +1,192 @@
+"""The XML consumption journal and the SlapOS monitor's per-partition JSON, against their formats."""
+
+from __future__ import annotations
+
+import json
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+from slapos_collect_recipe import config, report, rotate
+from slapos_collect_recipe.store import DB_NAME, Store
+
+DAY = "2026-02-10"
+MIB = 2**20
+
+
+def fill(store: Store, day: str = DAY) -> None:
+    """Four runs: slapuser0 always has two processes, slapuser1 only in two runs."""
+    with store.transaction():
+        for run in range(4):
+            stamp = f"12:0{run}:00"
+            store.insert("system", [(1.0, 20.0 + 10 * run, 1000 * MIB, 3000 * MIB, 0, 0, 0, 0, 0, 0)], day, stamp)
+            store.insert("user", [
+                ("slapuser0", 11, "11-1700000000.50", 30.0, 60.0 * (run + 1), 3, 1.0, 100 * MIB, 1000, 10),
+                ("slapuser0", 12, "12-1700000001.00", 10.0, 6.0, 1, 0.5, 50 * MIB, 500, 5),
+            ], day, stamp)
+            if run < 2:
+                store.insert("user", [("slapuser1", 21, "21-1700000002.00", 100.0, 1.0, 1, 2.0, 200 * MIB, 0, 0)],
+                             day, stamp)
+        store.insert("folder", [("slapuser0", 2048.0), ("slapuser1", 10240.0)], day, "12:00:00")
+        store.insert("folder", [("slapuser0", 4096.0)], day, "12:03:00")
+
+
+def movements(path: Path) -> list[dict[str, str]]:
+    root = ET.parse(path).getroot()
+    return [{child.tag: child.text or "" for child in movement} for movement in root.iter("movement")]
+
+
+def test_xml_journal_format_and_averages(data_dir: Path) -> None:
+    with Store(data_dir / DB_NAME) as store:
+        fill(store)
+        path = report.write_consumption_report(store, data_dir, DAY, "COMP-7")
+    assert path == data_dir / "consumption-report" / f"{DAY}.xml"
+    raw = path.read_bytes()
+    assert raw.startswith(b"<?xml version='1.0' encoding='utf-8'?><journal>")
+    root = ET.fromstring(raw)
+    assert root.tag == "journal"
+    (transaction,) = root.findall("transaction")
+    assert transaction.get("type") == "Sale Packing List"
+    assert transaction.findtext("title") == "Eco Information for COMP-7 "
+    assert transaction.findtext("start_date") == f"{DAY} 00:00:00"
+    assert transaction.findtext("stop_date") == f"{DAY} 23:59:59"
+    assert transaction.findtext("reference") == f"{DAY}-global"
+    assert transaction.find("arrow").get("type") == "Destination"
+    moves = movements(path)
+    for move in moves:
+        assert list(move) == ["resource", "title", "reference", "quantity", "price", "VAT", "category"]
+        assert move["price"] == "0.0"
+        assert move["title"].endswith(("(%)", "(MiB)"))  # units stated
+    found = {(m["resource"], m["reference"]): float(m["quantity"]) for m in moves}
+    assert found == pytest.approx({
+        ("service_module/cpu_load_percent", "COMP-7"): 35.0,      # (20+30+40+50)/4
+        ("service_module/memory_used", "COMP-7"): 1000.0,         # MiB
+        ("service_module/cpu_load_percent", "slapuser0"): 40.0,   # 30+10 every run
+        ("service_module/cpu_load_percent", "slapuser1"): 50.0,   # 100 in 2 of 4 runs
+        ("service_module/memory_used", "slapuser0"): 150.0,
+        ("service_module/memory_used", "slapuser1"): 100.0,
+        ("service_module/disk_used", "slapuser0"): 3.0,           # (2048+4096)/2 KiB -> MiB
+        ("service_module/disk_used", "slapuser1"): 10.0,
+    })
+
+
+def test_xml_not_rebuilt_when_present_or_uploaded(data_dir: Path) -> None:
+    folder = data_dir / "consumption-report"
+    folder.mkdir()
+    (folder / f"{DAY}.xml").write_text("kept")
+    (folder / "2026-02-11.xml.uploaded").write_text("sent")
+    with Store(data_dir / DB_NAME) as store:
+        fill(store)
+        fill(store, "2026-02-11")
+        assert report.write_consumption_report(store, data_dir, DAY, "C") is None
+        assert report.write_consumption_report(store, data_dir, "2026-02-11", "C") is None
+    assert (folder / f"{DAY}.xml").read_text() == "kept"
+    assert not (folder / "2026-02-11.xml").exists()
+    assert sorted(p.name for p in folder.iterdir()) == [f"{DAY}.xml", "2026-02-11.xml.uploaded"]
+
+
+def test_rotate_writes_one_report_per_archived_day(data_dir: Path) -> None:
+    yesterday = rotate.gc_cutoff(rotate.today_utc(), 1)
+    with Store(data_dir / DB_NAME) as store:
+        fill(store, yesterday)
+    run_cli("rotate", "--data-dir", str(data_dir), check=True)
+    assert [p.name for p in (data_dir / "consumption-report").iterdir()] == [f"{yesterday}.xml"]
+    assert len(movements(data_dir / "consumption-report" / f"{yesterday}.xml")) == 8
+
+
+def partition(tmp_path: Path, label: str, monitor: bool = True) -> config.Partition:
+    path = tmp_path / label
+    if monitor:
+        (path / ".slapgrid" / "monitor").mkdir(parents=True)
+    else:
+        path.mkdir()
+    return config.Partition(label=label, path=str(path))
+
+
+def test_monitor_json_files_and_formats(data_dir: Path, tmp_path: Path) -> None:
+    parts = [partition(tmp_path, "slapuser0"), partition(tmp_path, "slapuser1", monitor=False)]
+    with Store(data_dir / DB_NAME) as store:
+        fill(store)
+        written = report.publish_monitor(store, parts)
+    monitor = tmp_path / "slapuser0" / ".slapgrid" / "monitor"
+    assert written == [monitor]
+    assert sorted(p.name for p in monitor.iterdir()) == sorted([
+        "monitor_resource_process.data.json", "monitor_resource_memory.data.json",
+        "monitor_resource_io.data.json", "monitor_resource.status.json", "monitor_process_resource.status.json"])
+    assert not (tmp_path / "slapuser1" / ".slapgrid").exists()
+
+    stamp = f"{DAY} 12:03:00"
+    process = json.loads((monitor / "monitor_resource_process.data.json").read_text())
+    assert set(process) == {"date", "data"} and isinstance(process["date"], float)
+    assert process["data"] == ["date, total process, CPU percent, CPU time, CPU threads",
+                               f"{stamp}, 2, 40.0, 4.1, 4.0"]
+    memory = json.loads((monitor / "monitor_resource_memory.data.json").read_text())
+    assert memory["data"] == ["date, memory used percent, memory used", f"{stamp}, 1.5, 150.0"]
+    io = json.loads((monitor / "monitor_resource_io.data.json").read_text())
+    assert io["data"] == ["date, io rw counter, io cycles counter, disk used", f"{stamp}, 1500.0, 15.0, 4.0"]
+
+    status = json.loads((monitor / "monitor_resource.status.json").read_text())
+    assert status == {"total_process": 2, "cpu_percent": 40.0, "cpu_time": 4.1, "cpu_num_threads": 4.0,
+                      "memory_percent": 1.5, "memory_rss": 150.0, "io_rw_counter": 1500.0,
+                      "io_cycles_counter": 15.0, "disk_used": 4.0, "date": stamp}
+    processes = json.loads((monitor / "monitor_process_resource.status.json").read_text())
+    assert [p["pid"] for p in processes] == [11, 12]  # busiest first
+    assert processes[0] == {"pid": 11, "cpu_percent": 30.0, "cpu_time": 4.0, "cpu_num_threads": 3.0,
+                            "memory_percent": 1.0, "memory_rss": 100.0, "io_rw_counter": 1000.0,
+                            "io_cycles_counter": 10.0, "date": "2023-11-14 22:13:20"}
+    assert not list(monitor.glob(".*"))
+
+
+def test_monitor_history_appends_once_per_run_and_stays_bounded(data_dir: Path, tmp_path: Path) -> None:
+    part = partition(tmp_path, "slapuser0")
+    path = Path(part.path) / ".slapgrid" / "monitor" / report.PROCESS_DATA
+    with Store(data_dir / DB_NAME) as store:
+        fill(store)
+        report.publish_monitor(store, [part])
+        created = json.loads(path.read_text())["date"]
+        report.publish_monitor(store, [part])  # same run: not added twice
+        assert len(json.loads(path.read_text())["data"]) == 2
+        with store.transaction():
+            store.insert("system", [(1.0, 5.0, MIB, MIB, 0, 0, 0, 0, 0, 0)], DAY, "12:04:00")
+            store.insert("user", [("slapuser0", 11, "11-1.0", 5.0, 1.0, 1, 1.0, MIB, 1, 1)], DAY, "12:04:00")
+        report.publish_monitor(store, [part])
+    content = json.loads(path.read_text())
+    assert content["date"] == created
+    assert [row[:19] for row in content["data"][1:]] == [f"{DAY} 12:03:00", f"{DAY} 12:04:00"]
+
+    # 40 days of history (the original's layout, rows appended without a space):
+    # the next append keeps the 30 days before the new row only.
+    now = time.time()
+    new_row = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(now)) + ", 2, 2, 2, 2"
+    old_rows = [f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(now - d * 86400))}, 1, 1.0, 1.0, 1.0"
+                for d in range(40, 0, -1)]
+    path.write_text('{"date": 1.5, "data": ["' + report.PROCESS_HEADER + '"'
+                    + "".join(f',"{r}"' for r in old_rows) + "]}")
+    assert report.append_history(path, report.PROCESS_HEADER, new_row)
+    content = json.loads(path.read_text())
+    assert content["date"] == 1.5
+    assert content["data"][0] == report.PROCESS_HEADER
+    assert content["data"][1:] == old_rows[-30:] + [new_row]  # days 30..1 before, and the new row
+
+
+def test_monitor_history_file_that_is_not_json_starts_over(tmp_path: Path) -> None:
+    path = tmp_path / report.IO_DATA
+    path.write_text('{"date": 1, "data": ["x", "trunc')
+    assert report.append_history(path, report.IO_HEADER, "2026-01-01 00:00:00, 1, 2, 3")
+    content = json.loads(path.read_text())
+    assert content["data"] == [report.IO_HEADER, "2026-01-01 00:00:00, 1, 2, 3"]
+
+
+def test_rotate_cli_writes_monitor_files_for_given_partitions(data_dir: Path, tmp_path: Path) -> None:
+    part = partition(tmp_path, "web")
+    with Store(data_dir / DB_NAME) as store:
+        fill(store)
+        with store.transaction():
+            store.insert("user", [("web", 5, "5-1.0", 12.5, 1.0, 1, 1.0, MIB, 1, 1)], DAY, "12:03:00")
+    run_cli("rotate", "--data-dir", str(data_dir), "--partition", f"web={part.path}", "--keep-days", "9999",
+            check=True)
+    status = json.loads((Path(part.path) / ".slapgrid/monitor/monitor_resource.status.json").read_text())
+    assert status["cpu_percent"] == 12.5 and status["total_process"] == 1
