@@ -1,0 +1,385 @@
+"""``slapos-collect cron``: a partition's cron daemon, run as a service.
+
+SlapOS partitions run ``etc/cron.d`` with dcron, which is not available
+everywhere; this daemon runs the same files. Each file holds standard crontab
+lines (``m h dom mon dow command``, ``@hourly``..., ``@reboot``, and
+``NAME=value`` environment lines for the lines below them). Schedules are
+parsed by croniter, in local time like cron.
+
+- Each entry's output (stdout and stderr) is appended to
+  ``<log-dir>/<file name>.log``, framed by a start and an end line.
+- An entry never runs twice at once: a run due while the previous one is still
+  going is skipped (and logged).
+- The folder is re-read when it changes (polled every ``--poll`` seconds);
+  running entries are kept.
+- SIGTERM (and SIGINT) stop the daemon cleanly: running entries get SIGTERM,
+  then SIGKILL after ``--grace`` seconds; the pid file is removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from .errors import CollectError
+from .lock import Busy, exclusive
+
+log = logging.getLogger("slapos_collect.cron")
+
+ENV_LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)$")
+NICKNAMES = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly", "@reboot"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cron-d", required=True, metavar="DIR", help="folder of crontab files to run")
+    parser.add_argument("--log-dir", metavar="DIR",
+                        help="append each entry's output to DIR/<file>.log (default: the daemon's own output)")
+    parser.add_argument("--log-file", metavar="FILE", help="the daemon's own log (default: stderr)")
+    parser.add_argument("--pid-file", metavar="FILE", help="write the daemon's pid there; refuse to start twice")
+    parser.add_argument("--cwd", metavar="DIR", help="directory the entries run in (default: the daemon's)")
+    parser.add_argument("--poll", type=float, default=5.0, metavar="SECONDS",
+                        help="how often to look for changes in the folder (default: 5)")
+    parser.add_argument("--grace", type=float, default=10.0, metavar="SECONDS",
+                        help="on SIGTERM, how long running entries get before SIGKILL (default: 10)")
+    parser.add_argument("--seconds", action="store_true",
+                        help="lines have a sixth time field, the seconds (m h dom mon dow s command)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every run, not only problems")
+
+
+# --- parsing ------------------------------------------------------------------
+
+@dataclass
+class Entry:
+    """One crontab line of one file."""
+
+    file: str
+    line: int
+    schedule: str
+    command: str
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple:
+        return (self.file, self.schedule, self.command, tuple(sorted(self.env.items())))
+
+    @property
+    def name(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+def parse_crontab(name: str, text: str, seconds: bool = False) -> tuple[list[Entry], list[str]]:
+    """The entries of one crontab file, and one message per line skipped."""
+    from croniter import croniter
+
+    fields = 6 if seconds else 5
+    entries: list[Entry] = []
+    problems: list[str] = []
+    env: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = ENV_LINE.match(line)
+        if match:
+            value = match.group(2).strip()
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+                value = value[1:-1]
+            env[match.group(1)] = value
+            continue
+        if line.startswith("@"):
+            parts = line.split(None, 1)
+            if parts[0] not in NICKNAMES:
+                problems.append(f"{name} line {number}: unknown schedule {parts[0]!r}")
+                continue
+            schedule = parts[0]
+            command = parts[1].strip() if len(parts) > 1 else ""
+        else:
+            parts = line.split(None, fields)
+            if len(parts) <= fields:
+                problems.append(f"{name} line {number}: needs {fields} time fields and a command")
+                continue
+            schedule, command = " ".join(parts[:fields]), parts[fields].strip()
+            if not croniter.is_valid(schedule):
+                problems.append(f"{name} line {number}: bad schedule {schedule!r}")
+                continue
+        if not command:
+            problems.append(f"{name} line {number}: no command")
+            continue
+        entries.append(Entry(name, number, schedule, command, dict(env)))
+    return entries, problems
+
+
+def next_time(entry: Entry, after: datetime) -> datetime | None:
+    """When ``entry`` is next due after ``after``; None for @reboot."""
+    from croniter import croniter
+
+    if entry.schedule == "@reboot":
+        return None
+    return croniter(entry.schedule, after).get_next(datetime)
+
+
+# --- the daemon -----------------------------------------------------------------
+
+@dataclass
+class Job:
+    """A running entry."""
+
+    process: subprocess.Popen
+    started: float
+    log_handle: object | None
+
+
+class Daemon:
+    def __init__(self, cron_d: Path, log_dir: Path | None, cwd: str | None, poll: float, grace: float,
+                 seconds: bool, verbose: bool) -> None:
+        self.cron_d = cron_d
+        self.log_dir = log_dir
+        self.cwd = cwd
+        self.poll = max(0.05, poll)
+        self.grace = max(0.0, grace)
+        self.seconds = seconds
+        self.verbose = verbose
+        self.stop = threading.Event()
+        self.entries: dict[tuple, Entry] = {}
+        self.due: dict[tuple, datetime | None] = {}
+        self.running: dict[tuple, Job] = {}
+        self.signature: tuple | None = None
+        self.started_once: set[tuple] = set()
+
+    # -- the folder --
+
+    def folder_signature(self) -> tuple:
+        items = []
+        try:
+            with os.scandir(self.cron_d) as it:
+                for item in it:
+                    if self._ignored(item.name):
+                        continue
+                    try:
+                        st = item.stat()
+                    except FileNotFoundError:
+                        continue
+                    items.append((item.name, st.st_mtime_ns, st.st_size, st.st_ino))
+        except FileNotFoundError:
+            return ("missing",)
+        return tuple(sorted(items))
+
+    @staticmethod
+    def _ignored(name: str) -> bool:
+        # Like cron: hidden files, editor backups and package-manager leftovers.
+        suffix = name.rsplit(".", 1)[1] if "." in name else ""
+        return name.startswith(".") or name.endswith("~") or suffix in (
+            "swp", "dpkg-old", "dpkg-dist", "dpkg-new", "rpmsave", "rpmnew", "tmp")
+
+    def reload(self, now: datetime) -> None:
+        """Read the folder again; keep the schedule of unchanged entries."""
+        entries: dict[tuple, Entry] = {}
+        if not self.cron_d.is_dir():
+            log.warning("%s does not exist: nothing to run", self.cron_d)
+        else:
+            for path in sorted(self.cron_d.iterdir()):
+                if self._ignored(path.name) or not path.is_file():
+                    continue
+                try:
+                    text = path.read_text(encoding="utf-8", errors="replace")
+                except OSError as exc:
+                    log.warning("cannot read %s: %s", path, exc.strerror)
+                    continue
+                found, problems = parse_crontab(path.name, text, self.seconds)
+                for problem in problems:
+                    log.warning("%s: skipped", problem)
+                for entry in found:
+                    entries.setdefault(entry.key, entry)
+        added = [k for k in entries if k not in self.entries]
+        removed = [k for k in self.entries if k not in entries]
+        for key in removed:
+            self.due.pop(key, None)
+        for key in added:
+            entry = entries[key]
+            if entry.schedule == "@reboot":
+                # Once per daemon start, and for a new @reboot line.
+                self.due[key] = now if key not in self.started_once else None
+            else:
+                self.due[key] = next_time(entry, now)
+        self.entries = entries
+        if added or removed:
+            log.info("%s: %d entries (%d new, %d removed)", self.cron_d, len(entries), len(added), len(removed))
+
+    # -- running --
+
+    def start(self, key: tuple, now: datetime) -> None:
+        entry = self.entries[key]
+        if key in self.running:
+            log.warning("%s is still running (pid %d): this run is skipped", entry.name,
+                        self.running[key].process.pid)
+            self._log_line(entry, f"{now:%Y-%m-%d %H:%M:%S} skipped: the previous run is still going")
+            return
+        env = dict(os.environ, **entry.env)
+        handle = None
+        if self.log_dir is not None:
+            handle = open(self.log_dir / f"{entry.file}.log", "ab")  # closed when the job ends
+            handle.write(f"{now:%Y-%m-%d %H:%M:%S} start: {entry.command}\n".encode())
+            handle.flush()
+        try:
+            process = subprocess.Popen(
+                ["/bin/sh", "-c", entry.command], cwd=self.cwd, env=env, stdin=subprocess.DEVNULL,
+                stdout=handle, stderr=subprocess.STDOUT if handle else None, start_new_session=True,
+            )
+        except OSError as exc:
+            log.error("%s: cannot start: %s", entry.name, exc)
+            if handle:
+                handle.write(f"cannot start: {exc}\n".encode())
+                handle.close()
+            return
+        self.started_once.add(key)
+        self.running[key] = Job(process, time.monotonic(), handle)
+        if self.verbose:
+            log.info("%s started (pid %d): %s", entry.name, process.pid, entry.command)
+
+    def reap(self) -> None:
+        for key, job in list(self.running.items()):
+            code = job.process.poll()
+            if code is None:
+                continue
+            del self.running[key]
+            entry = self.entries.get(key)
+            name = entry.name if entry else key[0]
+            elapsed = time.monotonic() - job.started
+            if job.log_handle is not None:
+                job.log_handle.write(
+                    f"{datetime.now():%Y-%m-%d %H:%M:%S} end: exit {code} after {elapsed:.1f} s\n".encode())
+                job.log_handle.close()
+            if code != 0:
+                log.warning("%s exited with %d after %.1f s", name, code, elapsed)
+            elif self.verbose:
+                log.info("%s done in %.1f s", name, elapsed)
+
+    def _log_line(self, entry: Entry, text: str) -> None:
+        if self.log_dir is None:
+            return
+        with open(self.log_dir / f"{entry.file}.log", "ab") as handle:
+            handle.write(text.encode() + b"\n")
+
+    def run(self) -> None:
+        now = datetime.now()
+        self.signature = self.folder_signature()
+        self.reload(now)
+        last_poll = time.monotonic()
+        while not self.stop.is_set():
+            self.reap()
+            now = datetime.now()
+            if time.monotonic() - last_poll >= self.poll:
+                last_poll = time.monotonic()
+                signature = self.folder_signature()
+                if signature != self.signature:
+                    self.signature = signature
+                    self.reload(now)
+            for key, due in list(self.due.items()):
+                if due is not None and due <= now:
+                    self.start(key, now)
+                    entry = self.entries[key]
+                    self.due[key] = next_time(entry, now)
+            wait = self.poll - (time.monotonic() - last_poll)
+            pending = [d for d in self.due.values() if d is not None]
+            if pending:
+                wait = min(wait, (min(pending) - datetime.now()).total_seconds())
+            if self.running:
+                wait = min(wait, 0.5)  # reap promptly
+            self.stop.wait(max(0.01, min(wait, 60.0)))
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        if self.running:
+            log.info("stopping %d running entries", len(self.running))
+        for job in self.running.values():
+            _signal_group(job.process, signal.SIGTERM)
+        deadline = time.monotonic() + self.grace
+        while self.running and time.monotonic() < deadline:
+            self.reap()
+            time.sleep(0.05)
+        for job in self.running.values():
+            _signal_group(job.process, signal.SIGKILL)
+            job.process.wait()
+        self.reap()
+
+
+def _signal_group(process: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(process.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _write_pid(path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    with open(tmp, "w") as handle:
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .config import setup_logging
+
+    setup_logging(args.log_file, verbose=args.verbose)
+    if args.log_file is None:
+        # A service: supervisord keeps stderr; say what happens at INFO too.
+        logging.getLogger("slapos_collect").handlers[0].setLevel(logging.INFO)
+        logging.getLogger("slapos_collect").setLevel(logging.INFO)
+    try:
+        import croniter  # noqa: F401
+    except ImportError:
+        raise CollectError("the cron daemon needs croniter: pip install 'slapos_collect_recipe[cron]'") from None
+    cron_d = Path(args.cron_d).absolute()
+    if not cron_d.is_dir():
+        raise CollectError(f"cron folder {cron_d} does not exist")
+    log_dir = Path(args.log_dir).absolute() if args.log_dir else None
+    if log_dir is not None:
+        try:
+            log_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CollectError(f"cannot create log dir {log_dir}: {exc.strerror}") from None
+    if args.cwd and not os.path.isdir(args.cwd):
+        raise CollectError(f"--cwd {args.cwd} is not a directory")
+    if args.poll <= 0 or args.grace < 0:
+        raise CollectError("--poll must be positive and --grace not negative")
+
+    daemon = Daemon(cron_d, log_dir, args.cwd, args.poll, args.grace, args.seconds, args.verbose)
+
+    def on_signal(signum, _frame) -> None:
+        log.info("signal %d: stopping", signum)
+        daemon.stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    if not args.pid_file:
+        daemon.run()
+        return 0
+    pid_file = Path(args.pid_file).absolute()
+    lock_path = pid_file.with_name(pid_file.name + ".lock")
+    try:
+        with exclusive(lock_path):
+            _write_pid(pid_file)
+            try:
+                daemon.run()
+            finally:
+                try:
+                    pid_file.unlink()
+                except FileNotFoundError:
+                    pass
+    except Busy:
+        raise CollectError(f"another cron daemon holds {lock_path}") from None
+    except FileNotFoundError:
+        raise CollectError(f"cannot write the pid file {pid_file}: its folder does not exist") from None
+    log.info("stopped")
+    return 0
