@@ -10,7 +10,7 @@ $(STAMP): setup.py constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11 or newer is needed" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[monitor,cron,test]'
+	$(PY) -m pip install -q -c constraints.txt --config-settings editable_mode=compat -e '.[monitor,cron,test]'
 	touch $@
 
 # Debian packages the tests and benchmarks need (browser, Prometheus, logrotate...).

@@ -47,8 +47,6 @@ def collect(settings: CollectSettings) -> int:
         snap, aside = _sample_and_store(settings)
     except sqlite3.Error as exc:
         raise CollectError(describe_error(exc, settings.data_dir / DB_NAME), exit_code=1) from None
-    if settings.report_disk_usage:
-        folder.start_if_due(settings)
     log.info(
         "collected %d processes of %d partitions in %.2f s (%d vanished, %d not fully readable)",
         len(snap.processes), len(settings.partitions), time.monotonic() - started, snap.vanished, snap.denied,
@@ -77,6 +75,8 @@ def _sample_and_store(settings: CollectSettings) -> tuple[RunSnapshot, Path | No
             store.set_state("last_run", {"epoch": snap.epoch, "date": snap.date, "time": snap.time,
                                          **snap.cpu_state})
         _publish(store, settings)
+        if settings.report_disk_usage:
+            folder.start_if_due(settings, store)
     return snap, aside
 
 

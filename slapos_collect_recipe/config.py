@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import configparser
 import logging
-import logging.handlers
 import os
 import pwd
 import sys
@@ -256,7 +255,10 @@ def setup_logging(log_file: str | None, verbose: bool = False) -> None:
     root.propagate = False
     if log_file:
         try:
-            handler: logging.Handler = logging.handlers.WatchedFileHandler(log_file)
+            # A plain FileHandler: each run is a new process, so a log rotated
+            # (renamed) by logrotate is simply reopened by the next run. The
+            # long-running server uses WatchedFileHandler instead.
+            handler: logging.Handler = logging.FileHandler(log_file)
         except OSError as exc:
             raise CollectError(f"cannot open log file {log_file}: {exc.strerror}") from None
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))

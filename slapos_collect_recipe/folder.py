@@ -14,7 +14,6 @@ import argparse
 import logging
 import os
 import stat
-import subprocess
 import sys
 import time
 
@@ -114,10 +113,9 @@ def measure_due(settings: CollectSettings, force: bool = False) -> int:
     return len(due)
 
 
-def start_if_due(settings: CollectSettings) -> bool:
+def start_if_due(settings: CollectSettings, store: Store) -> bool:
     """Start a detached folder walk when a partition is due and none is running."""
-    with Store(settings.data_dir / DB_NAME) as store:
-        last = store.get_state(STATE_KEY, {})
+    last = store.get_state(STATE_KEY, {})
     if not _due(settings.partitions, last, settings.folder_cycle, time.time()):
         return False
     try:
@@ -133,6 +131,8 @@ def start_if_due(settings: CollectSettings) -> bool:
     if settings.log_file:
         argv += ["--log-file", settings.log_file]
     argv += ["--folder-cycle", str(settings.folder_cycle)]
+    import subprocess  # only when a walk is due: keeps the per-minute start-up light
+
     subprocess.Popen(
         argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True, close_fds=True, preexec_fn=lambda: os.nice(10),

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
-@dataclass(slots=True)
+@dataclass
 class ProcessSample:
     partition: str
     pid: int
@@ -34,7 +34,7 @@ class ProcessSample:
         )
 
 
-@dataclass(slots=True)
+@dataclass
 class SystemSample:
     loadavg: float
     cpu_percent: float
@@ -55,7 +55,7 @@ class SystemSample:
         )
 
 
-@dataclass(slots=True)
+@dataclass
 class ComputerSample:
     cpu_num_core: int
     cpu_frequency: float | None
@@ -71,7 +71,7 @@ class ComputerSample:
         )
 
 
-@dataclass(slots=True)
+@dataclass
 class DiskSample:
     device: str
     used: int
@@ -84,7 +84,7 @@ class DiskSample:
         return (self.device, str(self.used), str(self.free), ";".join(self.mountpoints))
 
 
-@dataclass(slots=True)
+@dataclass
 class DiskIOSample:
     device: str
     read_bytes: int
