@@ -471,3 +471,34 @@ def test_linux_reader_matches_psutil() -> None:
         proc.wait()
     with pytest.raises((FileNotFoundError, ProcessLookupError)):
         sample._read_linux(proc.pid, psutil.boot_time())
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv") or not os.path.exists("/usr/bin/python3.11"),
+                    reason="needs root to drop to an unprivileged user, and Debian's python3.11")
+def test_unprivileged_run_samples_as_far_as_allowed() -> None:
+    """Not root: another user's IO counters are unreadable; those processes are still
+    sampled (CPU, memory, threads), their IO left empty, and the count logged."""
+    import tempfile
+
+    import psutil
+
+    root = Path(__file__).resolve().parent.parent
+    site = Path(psutil.__file__).resolve().parent.parent
+    work = Path(tempfile.mkdtemp(prefix="collect-nobody-"))
+    try:
+        work.chmod(0o777)
+        code = (f"import sys; sys.path[:0] = [{str(root)!r}, {str(site)!r}]\n"
+                "from slapos_collect_recipe.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+        proc = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3.11", "-c", code,
+             "collect", "--data-dir", str(work / "data"), "--user", "root", "--log-file", str(work / "log")],
+            capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stderr == ""
+        found = rows(work / "data" / "collector.db", "SELECT * FROM user WHERE partition = 'root'")
+        assert found, "root's processes are sampled"
+        assert all(r["cpu_time"] is not None and r["memory_rss"] is not None for r in found)
+        assert any(r["io_rw_counter"] is None for r in found)
+        assert "not fully readable" in (work / "log").read_text()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
