@@ -638,11 +638,12 @@ class Monitor:
                         f'<td class="n">{size}</td><td>{e["mtime"]}</td></tr>')
         page = (
             f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title>"
+            "<link rel=\"icon\" href=\"data:,\">"
             "<style>body{font-family:sans-serif}td{padding:0 1em}.n{text-align:right}</style></head>"
             f"<body><h1>{title}</h1><table><thead><tr><th>Name</th><th>Size</th><th>Modified (UTC)</th>"
             f"</tr></thead><tbody>{''.join(rows)}</tbody></table></body></html>\n"
         )
-        headers["Content-Security-Policy"] = "default-src 'none'; style-src 'unsafe-inline'"
+        headers["Content-Security-Policy"] = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
         return web.Response(body=page.encode(), headers={"Content-Type": "text/html; charset=utf-8", **headers})
 
     def _conditional(self, request: web.Request, etag: str, mtime: int) -> bool:

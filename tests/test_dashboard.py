@@ -1,0 +1,127 @@
+"""The dashboard in a real headless Chromium, served by the real slapmonitor over TLS."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+from browser import browser_page
+from monitor_helpers import running_server
+
+from slapos_collect_recipe.store import Store
+
+pytestmark = pytest.mark.slow
+
+DAY = time.strftime("%Y-%m-%d", time.gmtime())
+MINUTES = 30
+
+
+def wait_js(page, expression: str, timeout: float = 30) -> None:
+    """Poll ``expression`` with page.evaluate (wait_for_function would need 'unsafe-eval',
+    which the dashboard's Content-Security-Policy rightly refuses)."""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"still false after {timeout} s: {expression}"
+        time.sleep(0.1)
+
+
+def csv(values) -> str:
+    rows = [f"{DAY} 10:{m:02d}:00,{v}" for m, v in enumerate(values)]
+    return "time,entry\n" + "\n".join(rows) + "\n"
+
+
+def fill(data_dir) -> dict[str, int]:
+    """Today's CSVs as the publishers write them, and a store with two partitions."""
+    series = {
+        "system_cpu_percent.csv": [10 + m % 7 for m in range(MINUTES)],
+        "system_loadavg.csv": [0.5 + m / 100 for m in range(MINUTES)],
+        "system_memory_used.csv": [1_000_000 + m for m in range(MINUTES)],
+        "system_memory_free.csv": [2_000_000 - m for m in range(MINUTES)],
+        "system_net_in_bytes.csv": [100 * m for m in range(MINUTES)],
+        "system_net_out_bytes.csv": [50 * m for m in range(MINUTES)],
+        "system_net_in_errors.csv": [0] * MINUTES,
+        "system_net_out_errors.csv": [0] * MINUTES,
+        "system_net_in_dropped.csv": [0] * MINUTES,
+        "system_net_out_dropped.csv": [0] * MINUTES,
+        "system_disk_memory_used__dev_sda1.csv": [500 + m for m in range(MINUTES)],
+        "system_disk_memory_free__dev_sda1.csv": [900 - m for m in range(MINUTES)],
+        "system_disk_memory_used__dev_sdb1.csv": [5 for m in range(MINUTES)],
+        "system_disk_memory_free__dev_sdb1.csv": [7 for m in range(MINUTES)],
+        "benchmark_cpu.csv": [1.5] * 10,
+        "benchmark_sqlite.csv": [12000 + m for m in range(5)],
+    }
+    for name, values in series.items():
+        (data_dir / name).write_text(csv(values))
+    store = Store(data_dir / "collector.db")
+    with store.transaction():
+        store.insert("user", [
+            ("slappart0", 1, "1-1", 2.5, 10.0, 3, 1.0, 50 * 1048576, 1000, 10),
+            ("slappart0", 2, "2-1", 1.5, 5.0, 1, 0.5, 20 * 1048576, 500, 5),
+            ("slappart1", 3, "3-1", 0.5, 1.0, 1, 0.1, 3 * 1048576, 10, 1),
+        ], DAY, "10:29:00")
+    store.close()
+    os.symlink("/etc/passwd", data_dir / "system_evil.csv")  # must not become a chart
+    # chart id -> rows it must show
+    return {"cpu": MINUTES, "load": MINUTES, "memory": MINUTES, "network": MINUTES, "network-errors": MINUTES,
+            "disk-_dev_sda1": MINUTES, "disk-_dev_sdb1": MINUTES, "benchmark_cpu": 10, "benchmark_sqlite": 5}
+
+
+def test_dashboard_renders_every_chart_and_the_partitions(data_dir):
+    expected = fill(data_dir)
+    with running_server(data_dir, tls=True) as server, browser_page(ignore_https_errors=True) as (page, console):
+        page.goto(server.url(""))
+        wait_js(page, "window.slapmonitor && window.slapmonitor.ready")
+        assert page.evaluate("window.slapmonitor.errors") == []
+        rows = page.evaluate(
+            "Object.fromEntries(Object.entries(window.slapmonitor.graphs).map(([k, g]) => [k, g.numRows()]))")
+        assert rows == expected
+        # one canvas-backed plot per chart, each drawn (dygraph draws on canvases inside the plot)
+        charts = page.locator("#charts .chart")
+        assert charts.count() == len(expected)
+        for i in range(charts.count()):
+            assert charts.nth(i).locator("canvas").count() >= 1
+        labels = page.evaluate("window.slapmonitor.graphs['memory'].getLabels()")
+        assert labels == ["time", "used", "free"]
+        assert page.evaluate("window.slapmonitor.graphs['cpu'].getValue(0, 1)") == 10
+        # the partitions table
+        table = page.locator("#partitions tbody tr")
+        assert table.count() == 2
+        first = table.nth(0).locator("td").all_inner_texts()
+        assert first[:5] == ["slappart0", "2", "4", "4.0", "15.0"]
+        assert first[5] == "70.0"  # MiB resident
+        # nothing from outside the server, no console error
+        origin = server.base.rstrip("/")
+        assert console.requests and all(url.startswith(origin) for url in console.requests)
+        assert console.errors == [], console.messages
+
+
+def test_dashboard_refreshes_and_picks_up_new_data(data_dir):
+    fill(data_dir)
+    with running_server(data_dir) as server, browser_page() as (page, console):
+        page.clock.install()
+        page.goto(server.url(""))
+        wait_js(page, "window.slapmonitor && window.slapmonitor.ready")
+        assert page.evaluate("window.slapmonitor.graphs['cpu'].numRows()") == MINUTES
+        tmp = data_dir / "cpu.tmp"
+        tmp.write_text(csv([10 + m % 7 for m in range(MINUTES + 5)]))
+        os.replace(tmp, data_dir / "system_cpu_percent.csv")
+        (data_dir / "benchmark_net.csv").write_text(csv([3.0, 4.0]))
+        page.clock.run_for(61_000)
+        wait_js(page, "window.slapmonitor.refreshes >= 2")
+        assert page.evaluate("window.slapmonitor.graphs['cpu'].numRows()") == MINUTES + 5
+        assert page.evaluate("window.slapmonitor.graphs['benchmark_net'].numRows()") == 2
+        assert console.errors == [], console.messages
+
+
+def test_dashboard_without_data_says_so(data_dir):
+    with running_server(data_dir) as server, browser_page() as (page, console):
+        page.goto(server.url(""))
+        wait_js(page, "window.slapmonitor && window.slapmonitor.ready")
+        assert page.evaluate("Object.keys(window.slapmonitor.graphs).length") == 0
+        assert "no partition data yet" in page.locator("#partitions").inner_text()
+        page.click("text=collected files")
+        page.wait_for_url("**/server-log/")
+        assert "collector.db" not in page.content()  # no store yet
+        assert page.locator("h1").inner_text() == "server-log/"
+        assert console.errors == [], console.messages
