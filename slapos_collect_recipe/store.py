@@ -11,15 +11,17 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .errors import CollectError
+
+if TYPE_CHECKING:  # typing is slow to import, and the collector starts every minute
+    from typing import Any
 
 log = logging.getLogger("slapos_collect")
 
@@ -96,6 +98,8 @@ def columns(table: str) -> list[str]:
 def describe_error(exc: sqlite3.Error, path: str | os.PathLike) -> str:
     """One clear line for a failed write; a full disk often shows up in SQLite
     as a bare "disk I/O error" (the WAL index cannot grow), so say it."""
+    import shutil  # only on this error path: keeps the per-minute start-up light
+
     message = str(exc)
     try:
         free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
@@ -126,6 +130,41 @@ def _schema() -> list[str]:
         )
     statements.append("CREATE TABLE IF NOT EXISTS collect_state (key text PRIMARY KEY, value text NOT NULL)")
     return statements
+
+
+# -- the sqlite benchmark's workload (bench.py) ----------------------------
+
+def bench_workload(path: str | os.PathLike, rounds: int) -> tuple[int, float]:
+    """Run the fixed SQLite benchmark mix on a new database at ``path``.
+
+    Each round: 100 inserts and a commit, 100 indexed selects, 50 indexed
+    updates and a commit, with the store's own settings (WAL, synchronous
+    NORMAL). Returns ``(operations, seconds)``, schema creation not timed;
+    an operation is one statement or one commit. The caller removes the files."""
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = NORMAL")
+        db.execute("CREATE TABLE bench (id integer PRIMARY KEY, k integer, v text)")
+        db.execute("CREATE INDEX bench_k ON bench (k)")
+        payload = "slapos-collect benchmark row " * 3
+        operations = 0
+        start = time.perf_counter()
+        for r in range(rounds):
+            db.execute("BEGIN IMMEDIATE")
+            for i in range(100):
+                db.execute("INSERT INTO bench (k, v) VALUES (?, ?)", ((r * 100 + i) % 997, payload))
+            db.execute("COMMIT")
+            for i in range(100):
+                db.execute("SELECT count(*), total(length(v)) FROM bench WHERE k = ?", ((i * 31 + r) % 997,)).fetchone()
+            db.execute("BEGIN IMMEDIATE")
+            for i in range(50):
+                db.execute("UPDATE bench SET v = ? WHERE k = ?", (payload, (r * 50 + i * 7) % 997))
+            db.execute("COMMIT")
+            operations += 252
+        return operations, time.perf_counter() - start
+    finally:
+        db.close()
 
 
 class Store:
@@ -246,6 +285,18 @@ class Store:
     def latest_rows(self, table: str) -> list[sqlite3.Row]:
         stamp = self.latest_stamp(table)
         return self.rows_at(table, *stamp) if stamp else []
+
+    # -- benchmarks (bench.py) --------------------------------------------
+
+    def benchmark_latest_runs(self) -> dict[str, tuple[float, str, str, str]]:
+        """``name -> (value, unit, date, time)`` of each benchmark figure's latest row."""
+        return {
+            name: (value, unit, date, time_) for name, value, unit, date, time_, _ in self.db.execute(
+                'SELECT name, value, unit, date, time, max(date || \' \' || time) FROM "benchmark" GROUP BY name'
+            )
+        }
+
+    # -- end of benchmarks --------------------------------------------------
 
     def iter_day(self, table: str, day: str, *, unreported_only: bool = False,
                  batch: int = 5000) -> Iterator[tuple]:
