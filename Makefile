@@ -10,7 +10,7 @@ $(STAMP): setup.py constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11 or newer is needed" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt --config-settings editable_mode=compat -e '.[monitor,cron,test]'
+	$(PY) -m pip install -q -c constraints.txt --config-settings editable_mode=compat -e '.[monitor,cron,recipe,test]'
 	touch $@
 
 # Debian packages the tests and benchmarks need (browser, Prometheus, logrotate...).
@@ -20,7 +20,12 @@ system-deps:
 run: $(STAMP)
 	@bash ci/run-local
 
+# The software release and one partition on this machine (collector by cron, slapmonitor).
+instance: $(STAMP) system-deps
+	@bash ci/run-instance
+
 test: $(STAMP) system-deps
+	@bash ci/setup-slapos-master
 	$(PY) -m ruff check slapos_collect_recipe tests benchmarks
 	$(PY) -m pytest -ra tests
 
