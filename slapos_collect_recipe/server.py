@@ -67,6 +67,7 @@ SNAPSHOTS_AT_ONCE = 2  # concurrent collector.db copies
 BENCH_MAX_BYTES = 256 * 1024 * 1024
 BENCH_PER_MINUTE = 30  # per client address
 BENCH_CHUNK = 1024 * 1024
+COPY_CHUNK = 256 * 1024  # file reads under TLS
 # Never listed nor served: live SQLite side files (collector.db is served as a copy).
 HIDDEN = frozenset({f"{DB_NAME}-wal", f"{DB_NAME}-shm", f"{DB_NAME}-journal"})
 
@@ -729,14 +730,33 @@ class Monitor:
             headers = dict(headers, **{"Content-Range": f"bytes {start}-{end}/{size}"})
         response = web.StreamResponse(status=status, headers=headers)
         response.content_length = count
-        await response.prepare(request)
-        if count and request.method != "HEAD":
-            transport = request.transport
-            if transport is None:
-                raise ConnectionResetError("connection lost")
-            await asyncio.get_running_loop().sendfile(transport, handle, start, count)
-        await response.write_eof()
+        try:
+            await response.prepare(request)
+            if count and request.method != "HEAD":
+                transport = request.transport
+                if transport is None:
+                    raise ConnectionResetError("connection lost")
+                if transport.get_extra_info("sslcontext") is None:
+                    await asyncio.get_running_loop().sendfile(transport, handle, start, count)
+                else:  # no sendfile through TLS: read in a thread, encrypt here
+                    await self._copy(response, handle, start, count)
+            await response.write_eof()
+        except ConnectionError:
+            log.debug("client gone during %s", request.path)
         return response
+
+    @staticmethod
+    async def _copy(response: web.StreamResponse, handle: Any, start: int, count: int) -> None:
+        def chunk(offset: int, size: int) -> bytes:
+            return os.pread(handle.fileno(), size, offset)
+
+        offset, end = start, start + count
+        while offset < end:
+            data = await asyncio.to_thread(chunk, offset, min(COPY_CHUNK, end - offset))
+            if not data:
+                raise ConnectionResetError("file shrank while sent")
+            await response.write(data)
+            offset += len(data)
 
     async def send_db_copy(self, request: web.Request, real: str) -> web.StreamResponse:
         """collector.db as a consistent copy (backup API), never the live file."""
@@ -853,10 +873,10 @@ class Monitor:
             return refused
         total = int(raw)
         self.bench_busy = True
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream",
+                                               "Cache-Control": "no-store"})
+        response.content_length = total
         try:
-            response = web.StreamResponse(headers={"Content-Type": "application/octet-stream",
-                                                   "Cache-Control": "no-store"})
-            response.content_length = total
             await response.prepare(request)
             if request.method != "HEAD":
                 block = memoryview(BENCH_BLOCK)
@@ -866,9 +886,11 @@ class Monitor:
                     await response.write(chunk)
                     left -= len(chunk)
             await response.write_eof()
-            return response
+        except ConnectionError:
+            log.debug("benchmark client gone")
         finally:
             self.bench_busy = False
+        return response
 
     async def bench_upload(self, request: web.Request) -> web.Response:
         if request.content_length is not None and request.content_length > BENCH_MAX_BYTES:
@@ -881,7 +903,10 @@ class Monitor:
             started = time.perf_counter()
             received = 0
             while True:
-                chunk = await request.content.readany()
+                try:
+                    chunk = await request.content.readany()
+                except ConnectionError:
+                    return web.Response(status=400, text="upload interrupted\n")
                 if not chunk:
                     break
                 received += len(chunk)
@@ -944,10 +969,13 @@ async def serve(settings: ServeSettings, sockets: list[socket.socket], context: 
 def run(args: argparse.Namespace) -> int:
     settings = serve_settings(args)
     setup_logging(settings.log_file)
-    aiohttp_log = logging.getLogger("aiohttp")
-    aiohttp_log.handlers = list(log.handlers)
-    aiohttp_log.propagate = False
-    aiohttp_log.setLevel(logging.WARNING)
+    for name, level in (("aiohttp", logging.WARNING), ("asyncio", logging.ERROR)):
+        # asyncio warns "socket.send() raised exception." for every TLS record
+        # still queued when a client goes away: normal for a file server.
+        other = logging.getLogger(name)
+        other.handlers = list(log.handlers)
+        other.propagate = False
+        other.setLevel(level)
     context = None
     if settings.tls:
         assert settings.cert and settings.key

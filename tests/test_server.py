@@ -353,12 +353,14 @@ def test_access_log_is_combined_and_hides_the_secret(served):
 # -- concurrency ---------------------------------------------------------------
 
 
-def test_200_concurrent_downloads_complete_and_match(served):
+@pytest.mark.parametrize("which", ["served", "served_tls"])
+def test_200_concurrent_downloads_complete_and_match(request, which):
+    served = request.getfixturevalue(which)
     names = ["big.bin", "small.bin", "system_cpu_percent.csv", "2026-11-28.tar.gz"]
     digests = {n: hashlib.sha256(served.files[n]).hexdigest() for n in names}
 
     async def main():
-        connector = aiohttp.TCPConnector(limit=200, force_close=True)
+        connector = aiohttp.TCPConnector(limit=200, force_close=True, ssl=served.ssl_context() or False)
         async with aiohttp.ClientSession(connector=connector) as session:
             async def one(i):
                 name = names[i % len(names)]
@@ -428,6 +430,29 @@ def test_tls_routes_with_verified_self_signed_certificate(served_tls):
     # the secret and the certificate files are never served
     for name in (".slapmonitor.key", ".slapmonitor.crt"):
         assert served_tls.get(path(served_tls, f"server-log/{name}"))[0] == 404
+
+
+def test_clients_leaving_mid_transfer_leave_no_error(served_tls):
+    for rest in ("server-log/big.bin", f"bench/download?bytes={100 * 1024 * 1024}"):
+        conn = served_tls.connection()
+        conn.request("GET", path(served_tls, rest))
+        response = conn.getresponse()
+        assert response.status == 200
+        response.read(10000)
+        conn.sock.close()
+        conn.close()
+    conn = served_tls.connection()
+    conn.putrequest("POST", path(served_tls, "bench/upload"))
+    conn.putheader("Content-Length", str(50 * 1024 * 1024))
+    conn.endheaders()
+    conn.send(b"x" * 100000)
+    conn.close()
+    deadline = time.monotonic() + 20
+    while served_tls.get(path(served_tls, "bench/download?bytes=1"))[0] == 429:  # slot given back
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert served_tls.get(path(served_tls, "server-log/big.bin"))[2] == served_tls.files["big.bin"]
+    assert served_tls.stderr == [x for x in served_tls.stderr if "listening on" in x]
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
