@@ -275,11 +275,27 @@ class Recipe:
         number = partition_number(self.reference)
         first = self.port_base + (number % 1000 if number is not None else 0)
         candidates = [first] + [p for p in range(self.port_base, self.port_base + 1000) if p != first]
+        # A sibling partition may have chosen its port without listening yet.
+        claimed = self._sibling_ports()
         for port in candidates:
-            if port_is_free(port, self.hosts):
+            if port not in claimed and port_is_free(port, self.hosts):
                 return port
         raise zc.buildout.UserError(
             f"no free port from {self.port_base} to {self.port_base + 999} on {' '.join(self.hosts)}: set option port")
+
+    def _sibling_ports(self) -> set[int]:
+        """Ports kept by the other partitions of this folder (a test node)."""
+        ports = set()
+        try:
+            siblings = [p for p in self.root.parent.iterdir() if p != self.root]
+        except OSError:
+            return ports
+        for sibling in siblings:
+            try:
+                ports.add(int((sibling / "etc" / PORT_FILE).read_text().strip()))
+            except (OSError, ValueError):
+                continue
+        return ports
 
     def _secret(self) -> str:
         """The slapmonitor secret: read back, or made now and written by install()."""

@@ -137,6 +137,12 @@ def test_instance_with_parameters(software: Path, tmp_path: Path) -> None:
         rows = store.latest_rows("user")
     assert any(row["partition"] == "slappart0" and int(row["pid"]) == sleeper.pid for row in rows)
     assert (part / "var" / "log" / "slapos-collect.log").stat().st_size > 0
+    # The bench entry's command too (a few seconds of CPU): results in the database.
+    bench = subprocess.run(cron_command(bench_line), shell=True, cwd=part, capture_output=True, text=True,
+                           timeout=300)
+    assert bench.returncode == 0, bench.stderr
+    with Store(part / "srv" / "collect" / "collector.db", readonly=True) as store:
+        assert store.latest_benchmarks()
 
     # The logrotate entry's command: a dry run, then a forced rotation.
     logrotate_line = (cron_d / "logrotate").read_text().strip()

@@ -152,6 +152,17 @@ def test_partitions_sharing_addresses_get_distinct_ports(tmp_path: Path) -> None
     assert ports[0] == 20500 or not recipe.port_is_free(20500, ["::1", "127.0.0.1"])
 
 
+def test_port_kept_by_a_sibling_partition_is_skipped(tmp_path: Path) -> None:
+    """A sibling chose a port but its slapmonitor does not listen yet: not taken twice."""
+    sibling = tmp_path / "slappart7" / "etc"
+    sibling.mkdir(parents=True)
+    (sibling / "slapmonitor.port").write_text("20801\n")
+    root = tmp_path / "slappart1"
+    root.mkdir()
+    _, options = make(root, **{"port-base": "20800"})  # prefers 20801
+    assert options["port"] != "20801"
+
+
 def test_busy_preferred_port_is_skipped(part: Path) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
