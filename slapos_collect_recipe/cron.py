@@ -274,9 +274,17 @@ class Daemon:
         self.signature = self.folder_signature()
         self.reload(now)
         last_poll = time.monotonic()
+        previous = now
         while not self.stop.is_set():
             self.reap()
             now = datetime.now()
+            if now < previous:
+                # The clock went back: schedule again from the new time.
+                log.warning("the clock went back by %s: rescheduling", previous - now)
+                for key, entry in self.entries.items():
+                    if self.due.get(key) is not None:
+                        self.due[key] = next_time(entry, now)
+            previous = now
             if time.monotonic() - last_poll >= self.poll:
                 last_poll = time.monotonic()
                 signature = self.folder_signature()

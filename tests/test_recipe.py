@@ -284,3 +284,27 @@ def test_templates_reach_an_installed_wheel(tmp_path: Path) -> None:
         shipped = {n.rsplit("/", 1)[1] for n in names if n.startswith("slapos_collect_recipe/templates/")}
         assert archive.read("slapos_collect_recipe/templates/instance.cfg.in").startswith(b"# The instance")
     assert {p.name for p in (ROOT / "templates").iterdir()} <= shipped
+
+
+def test_software_cfg_pins_agree_with_constraints() -> None:
+    """software.cfg's [versions] must name what constraints.txt installs, or buildout would fetch."""
+    import configparser
+
+    def norm(name: str) -> str:
+        return name.lower().replace("_", "-").replace(".", "-")
+
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.split("==", 1)
+            pins[norm(name.strip())] = version.strip()
+    cp = configparser.ConfigParser(interpolation=None)
+    cp.read(ROOT / "software.cfg")
+    versions = dict(cp["versions"])
+    assert versions
+    for name, version in versions.items():
+        if norm(name) == "slapos-collect-recipe":
+            from slapos_collect_recipe import __version__
+            assert version == __version__
+        else:
+            assert pins.get(norm(name)) == version, name
