@@ -77,6 +77,7 @@ LATENCY_SAMPLES = 10
 CHUNK = 256 * 1024
 MAX_NET_BYTES = 256 * 1024 * 1024  # the slapmonitor's cap
 MAX_RETRY_AFTER = 5
+COLLECT_HEAD_START = 3.0  # seconds
 
 
 def bench_minute(computer_id: str, partition: str = "") -> int:
@@ -700,6 +701,11 @@ def run(args: argparse.Namespace) -> int:
     config.setup_logging(settings.log_file)
     if not settings.kinds:
         raise CollectError("nothing to measure")
+    second = time.time() % 60
+    if second < COLLECT_HEAD_START:
+        # Started with the minute, as cron starts it along with that minute's
+        # collect: let the collect take the lock first rather than be skipped.
+        time.sleep(COLLECT_HEAD_START - second)
     try:
         with lock.exclusive(settings.data_dir / lock.COLLECT_LOCK, wait=settings.lock_wait):
             now = datetime.now(UTC)
