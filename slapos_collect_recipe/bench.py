@@ -29,6 +29,7 @@ import json
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -275,19 +276,25 @@ class TimeLimit(CollectError):
 def time_limit(seconds: float) -> Iterator[Callable[[], float]]:
     """A hard limit on the wall time of the block: SIGALRM raises TimeLimit
     wherever the main thread is (a Pystone loop, a socket read); the block's
-    ``finally`` clauses clean up. Yields a function giving the seconds left."""
+    ``finally`` clauses clean up. SIGTERM (a stopping cron daemon) is turned
+    into an error the same way. Yields a function giving the seconds left."""
     end = time.monotonic() + seconds
 
     def expire(signum, frame):
         raise TimeLimit(f"timed out after {seconds:g} s; nothing stored")
 
+    def terminated(signum, frame):
+        raise CollectError("terminated; nothing stored", exit_code=143)
+
     previous = signal.signal(signal.SIGALRM, expire)
+    previous_term = signal.signal(signal.SIGTERM, terminated)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield lambda: max(0.001, end - time.monotonic())
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        signal.signal(signal.SIGTERM, previous_term)
 
 
 # -- measuring -----------------------------------------------------------------
@@ -358,6 +365,10 @@ def measure_cpu(settings: BenchSettings) -> dict[str, list[float]]:
 
 def measure_sqlite(settings: BenchSettings) -> dict[str, list[float]]:
     ops_rates, fsync_ms = [], []
+    # Left by a run killed outright (kill -9, power loss): only a bench
+    # makes them and the lock keeps a second one out, so any found is stale.
+    for stale in settings.data_dir.glob(".bench-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     with tempfile.TemporaryDirectory(dir=settings.data_dir, prefix=".bench-") as tmp:
         for run in range(settings.repeat["sqlite"]):
             db = Path(tmp) / f"bench-{run}.db"

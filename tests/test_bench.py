@@ -360,6 +360,29 @@ def test_sqlite_timeout_removes_its_database(tmp_path, data_dir):
     assert_nothing_stored(data_dir)
 
 
+def test_terminated_run_stores_nothing(tmp_path, data_dir):
+    """A cron daemon stopping sends SIGTERM: the run cleans up and stores nothing."""
+    cfg = write_config(tmp_path, "sqlite-rounds = 100000\n")
+    proc = subprocess.Popen([str(SCRIPTS / "slapos-collect"), "bench", "-c", str(cfg), "--data-dir", str(data_dir),
+                             "sqlite", "--timeout", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not list(data_dir.glob(".bench-*/bench-*.db")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143, err
+    assert err == "slapos-collect bench: error: terminated; nothing stored\n"
+    assert_nothing_stored(data_dir)
+
+
+def test_stale_temporary_files_are_removed(tmp_path, data_dir):
+    stale = data_dir / ".bench-left-by-kill-9"
+    stale.mkdir()
+    (stale / "bench-0.db").write_bytes(b"x" * 1000)
+    bench_json(data_dir, write_config(tmp_path), "sqlite")
+    assert not stale.exists()
+
+
 def test_waits_for_a_running_collection(tmp_path, data_dir):
     cfg = write_config(tmp_path)
     with lock.exclusive(data_dir / lock.COLLECT_LOCK):
