@@ -5,6 +5,7 @@ made by ci/setup-slapos-master (a master refuses to run as root):
 
     python slapos_master.py up BASE_DIR MASTER_PORT SOFTWARE_CFG REQUESTS_JSON
     python slapos_master.py instance BASE_DIR MASTER_PORT
+    python slapos_master.py request-invalid BASE_DIR MASTER_PORT SOFTWARE_CFG REFERENCE PARAMETERS_JSON
     python slapos_master.py down BASE_DIR MASTER_PORT
 
 ``up`` starts the master, formats one partition per request (all on 127.0.0.1
@@ -20,7 +21,7 @@ import json
 import os
 import sys
 
-from slapos.slap.standalone import StandaloneSlapOS
+from slapos.slap.standalone import SlapOSNodeCommandError, StandaloneSlapOS
 
 BIN = os.path.dirname(sys.executable)
 
@@ -56,8 +57,20 @@ def main(argv: list[str]) -> int:
         # Process the instances again (a changed request, a second run).
         standalone.waitForInstance(max_retry=3)
         return 0
+    if command == "request-invalid":
+        # An instance with invalid parameters must fail: print what the node says.
+        software, reference, parameters = argv[3], argv[4], json.loads(argv[5])
+        standalone.request(software, reference, partition_parameter_kw={"_": json.dumps(parameters)})
+        try:
+            standalone.waitForInstance(max_retry=0, error_lines=60)
+        except SlapOSNodeCommandError as exc:
+            print(json.dumps({"failed": True, "message": str(exc)}))
+        else:
+            print(json.dumps({"failed": False, "message": ""}))
+        return 0
     software, requests = argv[3], json.loads(argv[4])
-    standalone.format(partition_count=len(requests), ipv4_address="127.0.0.1", ipv6_address="::1")
+    # One partition more, for request-invalid.
+    standalone.format(partition_count=len(requests) + 1, ipv4_address="127.0.0.1", ipv6_address="::1")
     standalone.supply(software)
     standalone.waitForSoftware(max_retry=1)
     for reference, parameters in requests.items():

@@ -454,7 +454,7 @@ class SlapConfiguration:
             message = f"Invalid parameters: {exc}"
             if partition is not None:
                 try:
-                    partition.error(message)
+                    partition.error(message, logger=_QuietReport(name))
                 except Exception:  # reporting to the master is best effort
                     pass
             raise zc.buildout.UserError(message) from None
@@ -484,6 +484,24 @@ class SlapConfiguration:
         return []
 
     update = install
+
+
+class _QuietReport:
+    """A logger for slap's error(): one line when the master cannot take the report.
+
+    (slap logs a traceback otherwise; a local master has no such endpoint.)
+    """
+
+    def __init__(self, name: str) -> None:
+        import logging
+
+        self.log = logging.getLogger(name)
+
+    def exception(self, *args: object, **kwargs: object) -> None:
+        self.log.warning("the master did not take the error report")
+
+    def __getattr__(self, attr: str):
+        return getattr(self.log, attr)
 
 
 def _option_string(value: object) -> str:

@@ -83,7 +83,9 @@ def master():
                      timeout=900)
         assert up.returncode == 0, up.stderr[-5000:]
         published = json.loads(up.stdout.strip().splitlines()[-1])
-        yield {"base": base / "b", "published": published}
+        yield {"base": base / "b", "published": published,
+               "run": lambda *args: as_user(*driver, args[0], str(base / "b"), port, str(base / "software.cfg"),
+                                            *args[1:], timeout=600)}
     finally:
         down = as_user(*driver, "down", str(base / "b"), port, timeout=300)
         if down.returncode != 0:
@@ -161,3 +163,18 @@ def test_a_secret_does_not_open_another_partition(master) -> None:
         assert "collector.db" not in body
     status, _ = fetch(b["monitor-url"])
     assert status == 200
+
+
+def test_invalid_parameters_fail_the_instance_readably(master) -> None:
+    proc = master["run"]("request-invalid", "collect-bad", json.dumps({"keep-days": 0, "colour": "red"}))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["failed"]
+    message = result["message"]
+    assert "Error: Invalid parameters: " in message
+    assert "keep-days: 0 is less than the minimum of 1" in message
+    assert "'colour' was unexpected" in message
+    assert "Traceback" not in message
+    # The other instances are untouched.
+    status, body = fetch(master["published"]["collect-a"]["published"]["monitor-base-url"])
+    assert (status, body.strip()) == (200, "OK")
