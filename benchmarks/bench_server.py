@@ -17,6 +17,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -50,6 +51,31 @@ def wait_http(url: str, timeout: float = 20) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+def wait_tls(url: str, timeout: float = 30) -> None:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2, context=context) as response:
+                response.read()
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def monitor_urls(base: str) -> dict[str, str]:
+    return {
+        "/": base + "/",
+        "listing": f"{base}/{SECRET}/server-log/",
+        "1 KB": f"{base}/{SECRET}/server-log/small.bin",
+        "10 MB": f"{base}/{SECRET}/server-log/big.bin",
+    }
 
 
 def make_folder(root: Path) -> None:
@@ -152,12 +178,19 @@ def main() -> int:
         procs.append(proc)
         base = f"http://127.0.0.1:{port}"
         wait_http(base + "/")
-        results["slapmonitor"] = measure("slapmonitor", {
-            "/": base + "/",
-            "listing": f"{base}/{SECRET}/server-log/",
-            "1 KB": f"{base}/{SECRET}/server-log/small.bin",
-            "10 MB": f"{base}/{SECRET}/server-log/big.bin",
-        }, args.seconds)
+        results["slapmonitor"] = measure("slapmonitor", monitor_urls(base), args.seconds)
+        stop(proc)
+
+        # the same over TLS (self-signed pair generated in the folder as dot files), for information
+        port = free_port()
+        proc = subprocess.Popen(
+            [str(SCRIPTS / "slapos-collect"), "serve", "--data-dir", str(root), "--host", "127.0.0.1",
+             "--port", str(port), "--secret", SECRET, "--access-log", str(work / "access-tls.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(proc)
+        base = f"https://127.0.0.1:{port}"
+        wait_tls(base + "/")
+        results["slapmonitor TLS"] = measure("mon. TLS", monitor_urls(base), args.seconds)
         stop(proc)
 
         port = free_port()
@@ -188,13 +221,14 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     mon, py, ngx = results["slapmonitor"], results["http.server"], results["nginx"]
+    tls = results["slapmonitor TLS"]
     rows = []
     for target in ("/", "listing", "1 KB", "10 MB"):
         unit = "MB/s" if target == "10 MB" else "req/s"
         key = "mbps" if target == "10 MB" else "rps"
         rows.append([f"`{target}` ({unit})", f"{mon[target][key]:,.0f}", f"{py[target][key]:,.0f}",
                      f"{ngx[target][key]:,.0f}", f"{mon[target][key] / py[target][key]:.1f}x",
-                     f"{mon[target][key] / ngx[target][key]:.2f}x"])
+                     f"{mon[target][key] / ngx[target][key]:.2f}x", f"{tls[target][key]:,.0f}"])
     checks = [
         ("`/` >= 8x http.server", mon["/"]["rps"] / py["/"]["rps"], 8.0, True),
         ("1 KB file >= 3x http.server", mon["1 KB"]["rps"] / py["1 KB"]["rps"], 3.0, True),
@@ -211,9 +245,10 @@ def main() -> int:
         "## slapmonitor (serving files)\n\n"
         f"wrk, {CONNECTIONS} connections, 2 threads, {args.seconds} s per URL after a 1 s warm-up, loopback, "
         "plain HTTP, one server at a time on the same folder. slapmonitor: `/` is its OK probe, the listing is "
-        "`/<secret>/server-log/`, access log on. http.server and nginx: `/` is a 2-byte file, the listing their "
+        "`/<secret>/server-log/`, access log on; its TLS column (self-signed, TLS 1.3, keep-alive) is for information: no target applies, and files then go through a thread instead of `sendfile`. http.server and nginx: `/` is a 2-byte file, the listing their "
         "directory index (nginx `autoindex`, buffered access log).\n\n"
-        + table(["URL", "slapmonitor", "http.server", "nginx", "vs http.server", "vs nginx"], rows)
+        + table(["URL", "slapmonitor", "http.server", "nginx", "vs http.server", "vs nginx",
+                 "slapmonitor over TLS"], rows)
         + "\n" + "\n".join(lines) + "\n"
         + (f"\nwrk saw {errors} non-2xx answers or socket errors in all (http.server closes connections).\n"
            if errors else "")

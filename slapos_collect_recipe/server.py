@@ -495,19 +495,22 @@ class Monitor:
 
     # -- routing ----------------------------------------------------------
 
-    def build_app(self) -> web.Application:
-        app = web.Application(handler_args={"max_field_size": 16384})
-        app.router.add_get("/", self.ok)
-        app.router.add_route("*", "/{tail:.*}", self.dispatch)
-        return app
+    def build_server(self, **kwargs: Any) -> web.Server:
+        """aiohttp's low-level server: one handler, no router nor middleware
+        (the routes are few and fixed; this is the probe's fast path)."""
+        return web.Server(self.handle, max_field_size=16384, **kwargs)
 
-    async def ok(self, request: web.Request) -> web.Response:
-        return web.Response(body=b"OK", headers={"Content-Type": "text/plain; charset=utf-8"})
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.path == "/":
+            if request.method in ("GET", "HEAD"):
+                return web.Response(body=b"OK", headers={"Content-Type": "text/plain; charset=utf-8"})
+            return self.not_allowed("GET, HEAD")
+        return await self.dispatch(request)
 
     def not_found(self) -> web.Response:
         return web.Response(status=404, body=NOT_FOUND_BODY, headers=self.not_found_headers)
 
-    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+    async def dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
         path = request.path
         if "\x00" in path or "\\" in path:
             return self.not_found()
@@ -539,7 +542,7 @@ class Monitor:
             return self.asset(request, rest[len("assets/"):])
         return self.not_found()
 
-    def redirect(self, request: web.Request, location: str) -> web.Response:
+    def redirect(self, request: web.BaseRequest, location: str) -> web.Response:
         if request.query_string:
             location += "?" + request.query_string
         return web.Response(status=301, headers={"Location": location, **SECURITY_HEADERS})
@@ -565,7 +568,7 @@ class Monitor:
             return None  # a symlink to a hidden file
         return real, inside
 
-    async def server_log(self, request: web.Request, rel: str) -> web.StreamResponse:
+    async def server_log(self, request: web.BaseRequest, rel: str) -> web.StreamResponse:
         directory = rel == "" or rel.endswith("/")
         found = self.resolve(rel.rstrip("/")) if rel else (self.root, [])
         if found is None:
@@ -594,7 +597,7 @@ class Monitor:
             headers, etag, last_modified = file_headers(real, st)
             return await self.send_large(request, handle, st, headers, etag, last_modified)
 
-    def listing(self, request: web.Request, real: str, rel: str) -> web.Response:
+    def listing(self, request: web.BaseRequest, real: str, rel: str) -> web.Response:
         entries = []
         try:
             scan = list(os.scandir(real))
@@ -647,7 +650,7 @@ class Monitor:
         headers["Content-Security-Policy"] = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
         return web.Response(body=page.encode(), headers={"Content-Type": "text/html; charset=utf-8", **headers})
 
-    def _conditional(self, request: web.Request, etag: str, mtime: int) -> bool:
+    def _conditional(self, request: web.BaseRequest, etag: str, mtime: int) -> bool:
         """True when the client's copy is current (answer 304)."""
         headers = request.headers
         match = headers.get("If-None-Match")
@@ -658,7 +661,7 @@ class Monitor:
             return since is not None and mtime <= since.timestamp()
         return False
 
-    def _range(self, request: web.Request, size: int, etag: str, last_modified: str):
+    def _range(self, request: web.BaseRequest, size: int, etag: str, last_modified: str):
         header = request.headers.get("Range")
         if header is None:
             return None
@@ -667,7 +670,7 @@ class Monitor:
             return None
         return parse_range(header, size)
 
-    def send_small(self, request: web.Request, real: str, st: os.stat_result) -> web.StreamResponse:
+    def send_small(self, request: web.BaseRequest, real: str, st: os.stat_result) -> web.StreamResponse:
         key = (st.st_ino, st.st_size, st.st_mtime_ns)
         cached = self.cache.get(real)
         if cached is None or cached.key != key:
@@ -712,7 +715,7 @@ class Monitor:
             self.cache_bytes -= len(evicted.body)
         return entry
 
-    async def send_large(self, request: web.Request, handle: Any, st: os.stat_result,
+    async def send_large(self, request: web.BaseRequest, handle: Any, st: os.stat_result,
                          headers: dict[str, str], etag: str | None, last_modified: str | None,
                          ranges: bool = True) -> web.StreamResponse:
         """Headers from Python, the body by the kernel (sendfile; a thread under TLS)."""
@@ -758,7 +761,7 @@ class Monitor:
             await response.write(data)
             offset += len(data)
 
-    async def send_db_copy(self, request: web.Request, real: str) -> web.StreamResponse:
+    async def send_db_copy(self, request: web.BaseRequest, real: str) -> web.StreamResponse:
         """collector.db as a consistent copy (backup API), never the live file."""
         async with self.snapshots:
             tmp = await asyncio.to_thread(self._snapshot, real)
@@ -815,7 +818,7 @@ class Monitor:
             assets[name] = (body, headers)
         return assets
 
-    def asset(self, request: web.Request, name: str) -> web.Response:
+    def asset(self, request: web.BaseRequest, name: str) -> web.Response:
         found = self.assets.get(name)
         if found is None:
             return self.not_found()
@@ -825,12 +828,12 @@ class Monitor:
             return web.Response(status=304, headers={"ETag": headers["ETag"]})
         return web.Response(body=body, headers=headers)
 
-    async def metrics(self, request: web.Request) -> web.Response:
+    async def metrics(self, request: web.BaseRequest) -> web.Response:
         body = await asyncio.to_thread(metrics.render, self.registry)
         return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE,
                                                 "Cache-Control": "no-store", **SECURITY_HEADERS})
 
-    async def partitions(self, request: web.Request) -> web.Response:
+    async def partitions(self, request: web.BaseRequest) -> web.Response:
         def read() -> dict[str, Any]:
             store = metrics.open_store(self.settings.data_dir)
             if store is None:
@@ -844,7 +847,7 @@ class Monitor:
 
     # -- benchmark helpers ----------------------------------------------------
 
-    def _bench_refused(self, request: web.Request) -> web.Response | None:
+    def _bench_refused(self, request: web.BaseRequest) -> web.Response | None:
         """429 while another transfer runs or past BENCH_PER_MINUTE for this client."""
         if self.bench_busy:
             return web.Response(status=429, text="busy: one benchmark transfer at a time\n",
@@ -864,7 +867,7 @@ class Monitor:
                 del self.bench_clients[key]
         return None
 
-    async def bench_download(self, request: web.Request) -> web.StreamResponse:
+    async def bench_download(self, request: web.BaseRequest) -> web.StreamResponse:
         raw = request.query.get("bytes", "")
         if not (raw.isascii() and raw.isdigit()) or len(raw) > 12 or int(raw) > BENCH_MAX_BYTES:
             return web.Response(status=400, text=f"bytes must be a whole number from 0 to {BENCH_MAX_BYTES}\n")
@@ -892,7 +895,7 @@ class Monitor:
             self.bench_busy = False
         return response
 
-    async def bench_upload(self, request: web.Request) -> web.Response:
+    async def bench_upload(self, request: web.BaseRequest) -> web.Response:
         if request.content_length is not None and request.content_length > BENCH_MAX_BYTES:
             return web.Response(status=413, text=f"at most {BENCH_MAX_BYTES} bytes\n")
         refused = self._bench_refused(request)
@@ -935,11 +938,9 @@ def cleanup_snapshots(root: Path) -> None:
 async def serve(settings: ServeSettings, sockets: list[socket.socket], context: ssl.SSLContext | None) -> None:
     monitor = Monitor(settings)
     access = AccessLogFile(settings.access_log, settings.secret) if settings.access_log else None
-    runner = web.AppRunner(
-        monitor.build_app(),
+    runner = web.ServerRunner(
+        monitor.build_server(access_log_class=CombinedAccessLogger, access_log=access),
         handle_signals=False,
-        access_log_class=CombinedAccessLogger,
-        access_log=access,  # type: ignore[arg-type]
         shutdown_timeout=5.0,
     )
     await runner.setup()

@@ -350,6 +350,23 @@ def test_access_log_is_combined_and_hides_the_secret(served):
     assert '"GET /<secret>/server-log/small.bin HTTP/1.1" 200 1000 ' in line
 
 
+def test_access_log_reopened_after_logrotate_moves_it(tmp_path, data_dir):
+    log = tmp_path / "access.log"
+    with running_server(data_dir, "--access-log", str(log)) as server:
+        server.get("/?before")
+        deadline = time.monotonic() + 10
+        while "before" not in (log.read_text() if log.exists() else ""):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        os.rename(log, tmp_path / "access.log.1")
+        deadline = time.monotonic() + 15
+        while "after" not in (log.read_text() if log.exists() else ""):
+            assert time.monotonic() < deadline, "the access log was not reopened"
+            server.get("/?after")
+            time.sleep(0.3)
+    assert "before" in (tmp_path / "access.log.1").read_text()
+
+
 # -- concurrency ---------------------------------------------------------------
 
 
