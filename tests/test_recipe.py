@@ -308,3 +308,11 @@ def test_software_cfg_pins_agree_with_constraints() -> None:
             assert version == __version__
         else:
             assert pins.get(norm(name)) == version, name
+
+
+def test_the_recipe_never_imports_the_sampling_code() -> None:
+    code = ("import sys, slapos_collect_recipe.recipe; "
+            "bad = [m for m in ('psutil', 'slapos_collect_recipe.collect', 'slapos_collect_recipe.sample') "
+            "if m in sys.modules]; print(bad); sys.exit(bool(bad))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
