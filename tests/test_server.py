@@ -444,6 +444,14 @@ def test_tls_routes_with_verified_self_signed_certificate(served_tls):
         assert (status, body) == (200, served_tls.files["big.bin"])
         assert served_tls.get(path(served_tls, "metrics"), host=host)[0] == 200
         assert served_tls.get(path(served_tls, "server-log/collector.db"), host=host)[2][:6] == b"SQLite"
+        for rest in ("", "server-log/", "server-log/consumption-report/", "assets/dygraph.js", "api/partitions",
+                     "server-log/system_cpu_percent.csv", "bench/download?bytes=5"):
+            assert served_tls.get(path(served_tls, rest), host=host)[0] == 200, rest
+        status, _, body = served_tls.get(path(served_tls, "bench/upload"), method="POST", body=b"12345", host=host)
+        assert (status, json.loads(body)["bytes"]) == (200, 5)
+        status, _, body = served_tls.get(path(served_tls, "server-log/small.bin"), {"Range": "bytes=1-3"}, host=host)
+        assert (status, body) == (206, served_tls.files["small.bin"][1:4])
+        assert served_tls.get(f"/{SECRET[:-1]}x/server-log/", host=host)[0] == 404
     # the secret and the certificate files are never served
     for name in (".slapmonitor.key", ".slapmonitor.crt"):
         assert served_tls.get(path(served_tls, f"server-log/{name}"))[0] == 404
