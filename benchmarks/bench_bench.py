@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -30,14 +31,18 @@ RUNS = int(os.environ.get("BENCH_BENCH_RUNS", "10"))
 SECRET = "bench-of-bench-secret-0123456789"
 
 
-def run_bench(data_dir: Path, cfg: Path, what: str, *args: str) -> tuple[dict, float]:
+def run_bench(data_dir: Path, cfg: Path, what: str, *args: str) -> tuple[dict, float, float]:
+    """One run of the real command: (its JSON, wall seconds, CPU seconds of it and its workers)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     proc = subprocess.run([str(SCRIPTS / "slapos-collect"), "bench", "-c", str(cfg), "--data-dir", str(data_dir),
                            what, "--json", *args], capture_output=True, text=True, timeout=300)
     wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode != 0:
         raise SystemExit(f"bench {what} failed: {proc.stderr.strip()}")
-    return json.loads(proc.stdout), wall
+    return json.loads(proc.stdout), wall, cpu
 
 
 def start_peer(data_dir: Path) -> tuple[subprocess.Popen, str]:
@@ -70,6 +75,7 @@ def measure(label: str, what: str, config_text: str, tmp: Path, peer: bool = Fal
     figures: dict[str, list[float]] = {}
     spreads: dict[str, list[float]] = {}
     walls: list[float] = []
+    cpus: list[float] = []
     server = None
     try:
         for n in range(RUNS):
@@ -82,8 +88,9 @@ def measure(label: str, what: str, config_text: str, tmp: Path, peer: bool = Fal
                     peer_dir.mkdir()
                     server, url = start_peer(peer_dir)
                 args = ["--peer", url]
-            result, wall = run_bench(data_dir, cfg, what, *args)
+            result, wall, cpu = run_bench(data_dir, cfg, what, *args)
             walls.append(wall)
+            cpus.append(cpu)
             for name, value in result["values"].items():
                 figures.setdefault(name, []).append(value)
                 spreads.setdefault(name, []).append(result["spreads"][name])
@@ -93,7 +100,8 @@ def measure(label: str, what: str, config_text: str, tmp: Path, peer: bool = Fal
     rows = []
     for name, values in figures.items():
         rows.append([label, name, f"{statistics.median(values):.4g}", f"{cv(values):.1f} %",
-                     f"{statistics.median(spreads[name]):.1f} %", f"{statistics.median(walls):.2f} s"])
+                     f"{statistics.median(spreads[name]):.1f} %", f"{statistics.median(walls):.2f} s",
+                     f"{statistics.median(cpus):.2f} s"])
         print(f"{label:28} {name:14} median {statistics.median(values):12.4g}  CV {cv(values):5.1f} %  "
               f"wall {statistics.median(walls):.2f} s", flush=True)
     return rows
@@ -116,10 +124,12 @@ def main() -> int:
         f"{RUNS} runs of the real command per line; each run keeps the median of its own repeats. "
         "CV = standard deviation / mean of those medians (target under 5 % for cpu and sqlite); "
         "in-run spread = median over the runs of the stored `<name>_spread` (median absolute deviation / "
-        "median of one run's repeats); wall = median wall time of one run, start-up included. "
+        "median of one run's repeats); wall and CPU = median wall time and CPU time (the process and its "
+        "workers) of one run, start-up included; the net runs' CPU excludes the peer's. "
         f"Net: loopback to a real slapmonitor. Load average {load_before:.1f} before, {load_after:.1f} after "
         "(the 2 cores are shared with other work, which the CPU figures feel directly).\n\n"
-        + results.table(["settings", "figure", "median", "CV over runs", "in-run spread", "wall per run"], rows)
+        + results.table(["settings", "figure", "median", "CV over runs", "in-run spread", "wall per run",
+                       "CPU per run"], rows)
     )
     results.write_section("bench", markdown)
     return 0
