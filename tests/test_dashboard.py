@@ -81,8 +81,12 @@ def test_dashboard_renders_every_chart_and_the_partitions(data_dir):
         assert charts.count() == len(expected)
         for i in range(charts.count()):
             assert charts.nth(i).locator("canvas").count() >= 1
+        order = page.evaluate("Array.from(document.querySelectorAll('#charts .chart')).map(e => e.id)")
+        assert order == ["chart-" + name for name in expected]  # fixed order, whatever answers first
         labels = page.evaluate("window.slapmonitor.graphs['memory'].getLabels()")
         assert labels == ["time", "used", "free"]
+        # KiB in the CSVs, GiB on the chart
+        assert page.evaluate("window.slapmonitor.graphs['memory'].getValue(0, 1)") == pytest.approx(1e6 / 1048576)
         assert page.evaluate("window.slapmonitor.graphs['cpu'].getValue(0, 1)") == 10
         # the partitions table
         table = page.locator("#partitions tbody tr")

@@ -11,8 +11,8 @@
   var FIXED = [
     { id: "cpu", title: "CPU (%)", files: ["system_cpu_percent.csv"], labels: ["busy %"] },
     { id: "load", title: "Load average (1 min)", files: ["system_loadavg.csv"], labels: ["load"] },
-    { id: "memory", title: "Memory (KiB)", files: ["system_memory_used.csv", "system_memory_free.csv"],
-      labels: ["used", "free"] },
+    { id: "memory", title: "Memory (GiB)", files: ["system_memory_used.csv", "system_memory_free.csv"],
+      labels: ["used", "free"], scale: 1 / 1048576 },
     { id: "network", title: "Network (KiB per sample)", files: ["system_net_in_bytes.csv", "system_net_out_bytes.csv"],
       labels: ["in", "out"] },
     { id: "network-errors", title: "Network errors and drops",
@@ -40,7 +40,7 @@
       g.files.forEach(function (f, i) {
         if (present[f]) { files.push(f); labels.push(g.labels[i]); used[f] = true; }
       });
-      if (files.length) { groups.push({ id: g.id, title: g.title, files: files, labels: labels }); }
+      if (files.length) { groups.push({ id: g.id, title: g.title, files: files, labels: labels, scale: g.scale }); }
     });
     var disks = {};
     names.forEach(function (n) {
@@ -55,8 +55,8 @@
       ["used", "free"].forEach(function (k) {
         if (disks[dev][k]) { files.push(disks[dev][k]); labels.push(k); }
       });
-      groups.push({ id: "disk-" + dev, title: "Disk " + dev.replace(/_/g, "/") + " (KiB)",
-                    files: files, labels: labels });
+      groups.push({ id: "disk-" + dev, title: "Disk " + dev.replace(/_/g, "/") + " (GiB)",
+                    files: files, labels: labels, scale: 1 / 1048576 });
     });
     var others = [], benches = [];
     names.forEach(function (n) {
@@ -117,18 +117,29 @@
     return Object.keys(rows).sort().map(function (t) { return rows[t]; });
   }
 
+  /* The chart's box, created in group order before any data arrives. */
+  function boxOf(group) {
+    var box = document.getElementById("chart-" + group.id);
+    if (!box) {
+      box = make("div", "chart");
+      box.id = "chart-" + group.id;
+      box.appendChild(text(make("h3"), group.title));
+      box.appendChild(make("div", "plot"));
+      document.getElementById("charts").appendChild(box);
+    }
+    return box;
+  }
+
   function draw(group) {
+    var box = boxOf(group);
     return Promise.all(group.files.map(function (f) {
       return get("server-log/" + encodeURIComponent(f), false).then(parseCsv);
     })).then(function (series) {
       var data = merge(series);
-      var box = document.getElementById("chart-" + group.id);
-      if (!box) {
-        box = make("div", "chart");
-        box.id = "chart-" + group.id;
-        box.appendChild(text(make("h3"), group.title));
-        box.appendChild(make("div", "plot"));
-        document.getElementById("charts").appendChild(box);
+      if (group.scale) {  // the CSVs hold KiB
+        data.forEach(function (row) {
+          for (var k = 1; k < row.length; k++) { if (row[k] !== null) { row[k] *= group.scale; } }
+        });
       }
       var plot = box.querySelector(".plot");
       var graph = state.graphs[group.id];
@@ -146,7 +157,9 @@
           labelsUTC: true,
           legend: "always",
           connectSeparatedPoints: true,
-          includeZero: true
+          includeZero: true,
+          labelsKMB: true,
+          axes: { y: { axisLabelWidth: 60 } }
         });
       }
     });
