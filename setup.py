@@ -18,7 +18,7 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["slapos_collect_recipe", "slapos_collect_recipe.*"]),
     include_package_data=True,
-    package_data={"slapos_collect_recipe": ["templates/*", "assets/*"]},
+    package_data={"slapos_collect_recipe": ["templates/*", "assets/*", "*.schema.json"]},
     zip_safe=False,
     install_requires=[
         "psutil>=5.9",
@@ -42,6 +42,7 @@ setup(
             "pytest>=8",
             "ruff",
             "playwright>=1.40",
+            "jsonschema>=4",  # validates stats.json against availability.schema.json
         ],
     },
     entry_points={

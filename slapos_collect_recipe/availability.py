@@ -1,0 +1,681 @@
+"""``slapos-collect availability``: server availability from the SlapOS master's access logs.
+
+Every SlapOS node calls the master several times a minute with its computer
+reference in the request (``computer_id=COMP-...``), so the master's access
+log tells, minute by minute, whether each server could reach it.
+
+Reading is one streaming pass over the files (plain or gzip, any order,
+overlapping). Memory is bounded by the number of computers times the number of
+days covered, never by the number of lines: for each computer two byte arrays
+with one byte per minute hold the first and the last second of contact in that
+minute (0 = no contact), about 2.9 KB per computer per day.
+
+Speed: a Python loop over every line costs about 2 us a line. Instead, a run of
+lines sharing the same minute (found with ``bytes.rfind``/``count``, in C) is
+handled as a block: one ``findall`` for the computer ids, one for the seconds,
+then ``dict(zip(...))`` gives each computer's first and last second of the
+minute, so Python only loops once per computer per minute. Lines out of order
+or garbage make the block shrink down to single lines, which stay correct.
+"""
+
+from __future__ import annotations
+
+import argparse
+import calendar
+import csv
+import datetime as dt
+import gzip
+import io
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .errors import CollectError
+
+FORMAT = "slapos-collect-availability/1"
+DEFAULT_PATTERN = r"computer_id=(COMP-[A-Za-z0-9_.-]+)"
+DEFAULT_GAP = 300
+# Only the first and last second of each minute are kept, so a gap is known
+# exactly only when it spans a whole silent minute: shorter gaps cannot be told.
+MIN_GAP = 120
+CHUNK = 4 << 20
+MAX_LINE = 1 << 20
+DAY_MINUTES = 1440
+LOWEST = 10
+
+_MONTHS = {m.encode(): i for i, m in enumerate(
+    ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
+# [dd/Mon/yyyy:HH:MM:SS +zzzz]: 28 bytes, the only part of a line that must parse.
+_MINUTE = re.compile(rb"\[(\d\d)/([A-Z][a-z][a-z])/(\d{4}):(\d\d):(\d\d): ([+-])(\d\d)(\d\d)\]")
+_STAMP_LEN = 28
+_ZERO_RUNS = re.compile(rb"\x00+")
+_NONZERO = re.compile(rb"[^\x00]")
+# Stored per minute: 60 - first second (so that max() keeps the earliest) and last second + 1.
+_FIRST = {b"%02d" % s: 60 - s for s in range(60)} | {b"60": 1}
+_LAST = {b"%02d" % s: s + 1 for s in range(60)} | {b"60": 60}
+
+
+class FileFailed(Exception):
+    """A file that could not be read (wholly or partly); the others still are."""
+
+
+@dataclass
+class FileStats:
+    path: str
+    lines: int = 0
+    contacts: int = 0
+    ignored: int = 0
+    unparsable: int = 0
+    outside_period: int = 0
+    error: str | None = None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("logs", nargs="+", metavar="LOG",
+                        help="access logs (combined or common format, plain or gzip), in any order")
+    parser.add_argument("-o", "--output", metavar="FILE", default="-",
+                        help="write the JSON there (atomically) instead of stdout")
+    parser.add_argument("--since", metavar="DAY", help="first UTC day (YYYY-MM-DD) of the period")
+    parser.add_argument("--until", metavar="DAY", help="last UTC day (YYYY-MM-DD) of the period, included")
+    parser.add_argument("--gap", metavar="SECONDS", type=int, default=DEFAULT_GAP,
+                        help=f"a silence longer than this is an outage (default {DEFAULT_GAP}, at least {MIN_GAP})")
+    parser.add_argument("--csv", metavar="DIR",
+                        help="also write one CSV per computer (hourly availability, for dygraph) into DIR")
+    parser.add_argument("--pattern", metavar="REGEX", default=DEFAULT_PATTERN,
+                        help="regular expression whose group 1 (or whole match) is the computer id "
+                             f"(default {DEFAULT_PATTERN!r})")
+
+
+def run(args: argparse.Namespace) -> int:
+    since = _parse_day(args.since, "--since")
+    until = _parse_day(args.until, "--until")
+    if since is not None and until is not None and until < since:
+        raise CollectError(f"--until {args.until} is before --since {args.since}")
+    if args.gap < MIN_GAP:
+        raise CollectError(f"--gap must be at least {MIN_GAP} seconds (minute resolution), not {args.gap}")
+    output = None if args.output == "-" else Path(args.output)
+    if output is not None and not output.parent.is_dir():
+        raise CollectError(f"output directory {output.parent} does not exist")
+    csv_dir = Path(args.csv) if args.csv else None
+    if csv_dir is not None and not csv_dir.is_dir() and not csv_dir.parent.is_dir():
+        raise CollectError(f"CSV directory {csv_dir}: parent directory {csv_dir.parent} does not exist")
+
+    analyser = Analyser(args.pattern, since=since, until=until)
+    progress = Progress(args.logs) if sys.stderr.isatty() else None
+    stats = []
+    for path in args.logs:
+        st = FileStats(path)
+        try:
+            analyser.read(path, st, progress)
+        except FileFailed as exc:
+            st.error = str(exc)
+            if progress:
+                progress.clear()
+            print(f"slapos-collect availability: error: {path}: {exc}", file=sys.stderr)
+        stats.append(st)
+    if progress:
+        progress.clear()
+    for st in stats:
+        if st.unparsable and st.error is None:
+            print(f"slapos-collect availability: warning: {st.path}: {st.unparsable} of {st.lines} lines "
+                  "could not be parsed (skipped)", file=sys.stderr)
+
+    document = analyser.report(stats, gap=args.gap, pattern=args.pattern)
+    text = json.dumps(document, indent=1, sort_keys=False) + "\n"
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        write_atomically(output, text)
+    if csv_dir is not None:
+        if not csv_dir.is_dir():
+            csv_dir.mkdir()
+        for name, content in analyser.hourly_csvs(gap=args.gap):
+            write_atomically(csv_dir / name, content)
+    return 1 if any(st.error for st in stats) else 0
+
+
+def _parse_day(value: str | None, flag: str) -> int | None:
+    """A YYYY-MM-DD day as a day number since the epoch."""
+    if value is None:
+        return None
+    try:
+        day = dt.date.fromisoformat(value)
+    except ValueError:
+        raise CollectError(f"{flag} must be a day as YYYY-MM-DD, not {value!r}") from None
+    if len(value) != 10:
+        raise CollectError(f"{flag} must be a day as YYYY-MM-DD, not {value!r}")
+    return (day - dt.date(1970, 1, 1)).days
+
+
+def compile_pattern(pattern: str) -> tuple[re.Pattern, re.Pattern]:
+    """(find every id, one item per line) regexes built from ``--pattern``."""
+    try:
+        rx = re.compile(pattern.encode())
+    except (re.error, UnicodeEncodeError) as exc:
+        raise CollectError(f"--pattern {pattern!r} is not a valid regular expression: {exc}") from None
+    if rx.groups > 1:
+        raise CollectError(f"--pattern {pattern!r} must have at most one group (the computer id)")
+    body = rx.pattern if rx.groups == 1 else b"(" + rx.pattern + b")"
+    ids = re.compile(body)
+    # One item per line: the first id of the line, or b"" for a line with none.
+    aligned = re.compile(b"(?:" + body + b").*\n|\n")
+    return ids, aligned
+
+
+class Analyser:
+    """Reads access logs into per-computer minute maps, then reports on them."""
+
+    def __init__(self, pattern: str = DEFAULT_PATTERN, since: int | None = None, until: int | None = None):
+        self.ids, self.aligned = compile_pattern(pattern)
+        self.since, self.until = since, until
+        self.lo = since * DAY_MINUTES if since is not None else -(1 << 62)
+        self.hi = (until + 1) * DAY_MINUTES if until is not None else 1 << 62
+        self.base: int | None = None  # epoch minute of maps[...][0], a midnight
+        self.length = 0  # minutes held by every map, a whole number of days
+        self.maps: dict[bytes, tuple[bytearray, bytearray]] = {}
+        self.stamps: dict[bytes, int] = {}  # stamp -> epoch minute (-1: invalid)
+        self.minutes: dict[bytes, int] = {}  # stamp less its seconds -> epoch minute
+        self.minute = 0  # the minute of the pending blocks
+        self.pending: list[tuple[bytes, list[bytes]]] = []  # (second, ids) of that minute
+        self.window = 1 << 16
+
+    # -- reading ---------------------------------------------------------------
+
+    def read(self, path: str, st: FileStats, progress: Progress | None = None) -> None:
+        try:
+            raw = open(path, "rb")  # noqa: SIM115 (closed below)
+        except FileNotFoundError:
+            raise FileFailed("no such file") from None
+        except IsADirectoryError:
+            raise FileFailed("is a directory") from None
+        except PermissionError:
+            raise FileFailed("permission denied") from None
+        except OSError as exc:
+            raise FileFailed(exc.strerror or str(exc)) from None
+        with raw:
+            try:
+                compressed = raw.peek(2)[:2] == b"\x1f\x8b"
+                stream = gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw
+                self._read_stream(_chunks(stream, compressed), raw, st, progress)
+            except EOFError:
+                raise FileFailed("truncated gzip file (the lines before the cut were used)") from None
+            except (gzip.BadGzipFile, zlib.error) as exc:
+                raise FileFailed(f"corrupt gzip data ({exc}; the lines before it were used)") from None
+            except IsADirectoryError:
+                raise FileFailed("is a directory") from None
+            except OSError as exc:
+                raise FileFailed(f"read error: {exc.strerror or exc}") from None
+            finally:
+                self.flush()
+                if progress:
+                    progress.file_done(path)
+
+    def _read_stream(self, chunks: Iterator[bytes], raw: io.BufferedReader, st: FileStats,
+                     progress: Progress | None) -> None:
+        rest = b""
+        skipping = False  # inside an over-long line
+        checked = False
+        for data in chunks:
+            if skipping:
+                cut = data.find(b"\n")
+                if cut < 0:
+                    continue
+                data, skipping = data[cut + 1:], False
+            if rest:
+                data = rest + data
+            cut = data.rfind(b"\n") + 1
+            if cut:
+                self.scan(data, 0, cut, st)
+            rest = data[cut:]
+            if len(rest) > MAX_LINE:
+                st.lines += 1
+                st.unparsable += 1
+                rest, skipping = b"", True
+            if not checked:
+                checked = True
+                self._check_is_log(st)
+            if progress:
+                progress.update(raw.tell())
+        if rest:
+            self.scan(rest + b"\n", 0, len(rest) + 1, st)
+        if not checked:
+            self._check_is_log(st)
+
+    @staticmethod
+    def _check_is_log(st: FileStats) -> None:
+        if st.lines and st.unparsable == st.lines:
+            raise FileFailed(f"not an access log: none of its first {st.lines} lines has a "
+                             "[dd/Mon/yyyy:HH:MM:SS +zone] timestamp")
+
+    def scan(self, buf: bytes, pos: int, end: int, st: FileStats) -> None:
+        """Account for the whole lines of ``buf[pos:end]`` (``buf[end - 1]`` is a newline).
+
+        A block is a line and the following ones with the same stamp (to the
+        second), found with ``rfind`` and checked by counting: a line out of
+        order makes the search window shrink until the block is clean.
+        """
+        find, rfind, count = buf.find, buf.rfind, buf.count
+        stamps = self.stamps
+        findall = self.ids.findall
+        lo, hi = self.lo, self.hi
+        pending = self.pending
+        window = self.window
+        lines = unparsable = outside = ignored = contacts = 0
+        while pos < end:
+            nl = find(b"\n", pos, end)
+            b = find(b"[", pos, nl)
+            if b < 0 or nl - b < _STAMP_LEN:
+                lines += 1
+                unparsable += 1
+                pos = nl + 1
+                continue
+            stamp = buf[b:b + _STAMP_LEN]
+            minute = stamps.get(stamp)
+            if minute is None:
+                minute = self._parse_stamp(stamp)
+            if minute < 0:
+                lines += 1
+                unparsable += 1
+                pos = nl + 1
+                continue
+            lim = pos + window
+            p = rfind(stamp, nl, lim if lim < end else end)
+            if p < 0:
+                e, n = nl + 1, 1
+            else:
+                e = find(b"\n", p, end) + 1
+                n = count(b"\n", pos, e)
+                if count(stamp, pos, e) != n:
+                    window = max((e - pos) // 2, 256)
+                    continue
+            lines += n
+            window = (e - pos) * 3 // 2 + 1024
+            if minute < lo or minute >= hi:
+                outside += n
+            else:
+                ids = findall(buf, pos, e)
+                if not ids:
+                    ignored += n
+                else:
+                    if len(ids) != n:
+                        ids = ids[:1] if n == 1 else self._ids_per_line(buf, pos, e, n)
+                        found = n - ids.count(b"")
+                        contacts += found
+                        ignored += n - found
+                    else:
+                        contacts += n
+                    if minute != self.minute:
+                        self.flush()
+                        self.minute = minute
+                        pending = self.pending
+                    pending.append((stamp[19:21], ids))
+            pos = e
+        self.window = window
+        st.lines += lines
+        st.unparsable += unparsable
+        st.outside_period += outside
+        st.ignored += ignored
+        st.contacts += contacts
+
+    def _ids_per_line(self, buf: bytes, pos: int, e: int, n: int) -> list[bytes]:
+        """The first id of each of the ``n`` lines of ``buf[pos:e]``, b"" for a line without."""
+        ids = self.aligned.findall(buf, pos, e)
+        if len(ids) != n:
+            ids = [m.group(1) if m else b"" for m in map(self.ids.search, buf[pos:e].split(b"\n")[:-1])]
+        return ids
+
+    def flush(self) -> None:
+        """Fold the blocks of the current minute into each computer's first/last second."""
+        if not self.pending:
+            return
+        blocks = sorted(self.pending, key=_by_second)
+        self.pending = []
+        first: dict[bytes, bytes] = {}
+        last: dict[bytes, bytes] = {}
+        for second, ids in blocks:
+            for comp in ids:
+                if comp not in last:
+                    first[comp] = second
+                last[comp] = second
+        last.pop(b"", None)
+        idx = self._index(self.minute)
+        maps = self.maps
+        for comp, sec in last.items():
+            pair = maps.get(comp)
+            if pair is None:
+                pair = maps[comp] = (bytearray(self.length), bytearray(self.length))
+            fmap, lmap = pair
+            v = _FIRST[first[comp]]
+            if v > fmap[idx]:
+                fmap[idx] = v
+            v = _LAST[sec]
+            if v > lmap[idx]:
+                lmap[idx] = v
+
+    def _parse_stamp(self, stamp: bytes) -> int:
+        """Epoch minute (UTC) of a ``[dd/Mon/yyyy:HH:MM:SS +zzzz]`` stamp, -1 if it is not one."""
+        if len(self.stamps) > 20_000:
+            self.stamps.clear()
+            self.minutes.clear()
+        key = stamp[:19] + stamp[21:]
+        minute = self.minutes.get(key)
+        if minute is None:
+            minute = self.minutes[key] = _parse_minute(key)
+        if minute >= 0 and stamp[19:21] not in _LAST:
+            minute = -1
+        self.stamps[stamp] = minute
+        return minute
+
+    def _index(self, minute: int) -> int:
+        """Index of ``minute`` in every map, growing or shifting the maps as needed."""
+        if self.base is None:
+            self.base = minute - minute % DAY_MINUTES
+        if minute < self.base:
+            start = minute - minute % DAY_MINUTES
+            pad = bytes(self.base - start)
+            for fmap, lmap in self.maps.values():
+                fmap[0:0] = pad
+                lmap[0:0] = pad
+            self.length += self.base - start
+            self.base = start
+        idx = minute - self.base
+        if idx >= self.length:
+            grow = bytes((idx // DAY_MINUTES + 1) * DAY_MINUTES - self.length)
+            for fmap, lmap in self.maps.values():
+                fmap.extend(grow)
+                lmap.extend(grow)
+            self.length += len(grow)
+        return idx
+
+    # -- reporting -------------------------------------------------------------
+
+    def _windows(self) -> tuple[int, int, dict[bytes, tuple[int, int]]]:
+        """Per computer its first and last contact (epoch s), and the fleet's last contact."""
+        contacts = {}
+        for comp, (fmap, lmap) in self.maps.items():
+            i = _NONZERO.search(fmap).start()
+            j = len(lmap.rstrip(b"\x00")) - 1
+            contacts[comp] = ((self.base + i) * 60 + 60 - fmap[i], (self.base + j) * 60 + lmap[j] - 1)
+        fleet_first = min(c[0] for c in contacts.values())
+        fleet_last = max(c[1] for c in contacts.values())
+        return fleet_first, fleet_last, contacts
+
+    def _expected(self, first_contact: int, fleet_last: int) -> tuple[int, int, int, int]:
+        """When a computer is expected to call: seconds [t0, t1], minutes [lo, hi) from base.
+
+        From --since (or its own first contact) to the end of --until (or the
+        last contact of any computer: the end of the logs).
+        """
+        t0 = self.since * 86400 if self.since is not None else first_contact
+        t1 = (self.until + 1) * 86400 if self.until is not None else fleet_last
+        hi = (self.until + 1) * DAY_MINUTES if self.until is not None else t1 // 60 + 1
+        return t0, t1, t0 // 60 - self.base, hi - self.base
+
+    def _computer(self, comp: bytes, first_contact: int, last_contact: int, fleet_last: int, gap: int) -> dict:
+        fmap, lmap = self.maps[comp]
+        base = self.base
+        t0, t1, lo, hi = self._expected(first_contact, fleet_last)
+        clo, chi = max(lo, 0), min(hi, self.length)
+
+        def first_at(i: int) -> int:
+            return (base + i) * 60 + 60 - fmap[i]
+
+        def last_at(i: int) -> int:
+            return (base + i) * 60 + lmap[i] - 1
+
+        runs = [(m.start(), m.end()) for m in _ZERO_RUNS.finditer(fmap, clo, chi)]
+        if lo < clo:
+            runs[:1] = [(lo, runs[0][1])] if runs and runs[0][0] == clo else [(lo, clo)] + runs[:1]
+        if hi > chi:
+            runs[-1:] = [(runs[-1][0], hi)] if runs and runs[-1][1] == chi else runs[-1:] + [(chi, hi)]
+        outages = []
+        for a, b in runs:
+            start = t0 if a == lo else last_at(a - 1)
+            stop = t1 if b == hi else first_at(b)
+            if stop - start > gap:
+                outages.append((start, stop, "start" if a == lo else "end" if b == hi else None))
+
+        days = {}
+        total_up = 0
+        for day in range((base + lo) // DAY_MINUTES, (base + hi - 1) // DAY_MINUTES + 1):
+            dlo = max(lo, day * DAY_MINUTES - base)
+            dhi = min(hi, (day + 1) * DAY_MINUTES - base)
+            a, b = max(dlo, 0), min(dhi, self.length)
+            up = (b - a) - fmap.count(0, a, b) if b > a else 0
+            total_up += up
+            entry = {
+                "first_contact": None, "last_contact": None,
+                "minutes_up": up, "minutes_expected": dhi - dlo,
+                "availability": _percent(up, dhi - dlo),
+                "outage_seconds": 0, "outages": [],
+            }
+            if up:
+                part = fmap[a:b]
+                entry["first_contact"] = _iso(first_at(a + len(part) - len(part.lstrip(b"\x00"))))
+                entry["last_contact"] = _iso(last_at(a + len(part.rstrip(b"\x00")) - 1))
+            d0, d1 = day * 86400, (day + 1) * 86400
+            for start, stop, edge in outages:
+                if start < d1 and stop > d0:
+                    entry["outages"].append(_outage(start, stop, edge))
+                    entry["outage_seconds"] += min(stop, d1) - max(start, d0)
+            days[_day(day)] = entry
+        return {
+            "first_contact": _iso(first_contact),
+            "last_contact": _iso(last_contact),
+            "expected_start": _iso(t0),
+            "expected_end": _iso(t1),
+            "minutes_up": total_up,
+            "minutes_expected": hi - lo,
+            "availability": _percent(total_up, hi - lo),
+            "outage_seconds": sum(stop - start for start, stop, _ in outages),
+            "outages": [_outage(*o) for o in outages],
+            "days": days,
+        }
+
+    def report(self, stats: Iterable[FileStats], gap: int = DEFAULT_GAP, pattern: str = DEFAULT_PATTERN) -> dict:
+        """The stats.json document (schema: availability.schema.json)."""
+        self.flush()
+        files = [asdict(st) for st in stats]
+        inputs = {"files": files}
+        for key in ("lines", "contacts", "ignored", "unparsable", "outside_period"):
+            inputs[key] = sum(f[key] for f in files)
+        inputs["failed_files"] = sum(1 for f in files if f["error"])
+        computers = {}
+        period = None
+        if self.maps:
+            fleet_first, fleet_last, contacts = self._windows()
+            start = self.since * 86400 if self.since is not None else fleet_first
+            end = (self.until + 1) * 86400 if self.until is not None else fleet_last
+            period = {"start": _iso(start), "end": _iso(end)}
+            for comp in sorted(contacts):
+                name = comp.decode("utf-8", "replace")
+                computers[name] = self._computer(comp, *contacts[comp], fleet_last, gap)
+        return {
+            "format": FORMAT,
+            "parameters": {
+                "gap_seconds": gap,
+                "since": _day(self.since) if self.since is not None else None,
+                "until": _day(self.until) if self.until is not None else None,
+                "pattern": pattern,
+            },
+            "period": period,
+            "inputs": inputs,
+            "fleet": _fleet(computers),
+            "computers": computers,
+        }
+
+    def hourly_csvs(self, gap: int = DEFAULT_GAP) -> Iterable[tuple[str, str]]:
+        """(file name, content) per computer: ``time,entry`` = % of the hour's expected minutes up."""
+        if not self.maps:
+            return
+        _, fleet_last, contacts = self._windows()
+        for comp in sorted(contacts):
+            fmap = self.maps[comp][0]
+            _, _, lo, hi = self._expected(contacts[comp][0], fleet_last)
+            out = io.StringIO()
+            writer = csv.writer(out, lineterminator="\n")
+            writer.writerow(["time", "entry"])
+            hour = (self.base + lo) // 60
+            while hour * 60 < self.base + hi:
+                hlo = max(lo, hour * 60 - self.base)
+                hhi = min(hi, (hour + 1) * 60 - self.base)
+                a, b = max(hlo, 0), min(hhi, self.length)
+                up = (b - a) - fmap.count(0, a, b) if b > a else 0
+                writer.writerow([time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(hour * 3600)),
+                                 _percent(up, hhi - hlo)])
+                hour += 1
+            safe = re.sub(r"[^A-Za-z0-9_.-]", "_", comp.decode("utf-8", "replace"))
+            yield f"availability_{safe}.csv", out.getvalue()
+
+
+def _chunks(stream: io.BufferedIOBase, compressed: bool) -> Iterator[bytes]:
+    """The file's bytes in pieces of about CHUNK; a gzip stream cut short still yields what came before."""
+    if not compressed:
+        while data := stream.read(CHUNK):
+            yield data
+        return
+    parts: list[bytes] = []
+    size = 0
+    try:
+        while data := stream.read1(CHUNK):
+            parts.append(data)
+            size += len(data)
+            if size >= CHUNK:
+                yield b"".join(parts)
+                parts, size = [], 0
+    except (EOFError, OSError, zlib.error):
+        if parts:
+            yield b"".join(parts)
+        raise
+    if parts:
+        yield b"".join(parts)
+
+
+def _parse_minute(key: bytes) -> int:
+    """Epoch minute of ``[dd/Mon/yyyy:HH:MM:`` + `` +zzzz]``, -1 if invalid."""
+    m = _MINUTE.fullmatch(key)
+    if m is None:
+        return -1
+    d, mon, y, hh, mm, sign, zh, zm = m.groups()
+    month = _MONTHS.get(mon)
+    try:
+        if month is None or int(zm) > 59:
+            return -1
+        dt.datetime(int(y), month, int(d), int(hh), int(mm))
+    except ValueError:
+        return -1
+    offset = int(zh) * 60 + int(zm)
+    minute = calendar.timegm((int(y), month, int(d), int(hh), int(mm), 0)) // 60
+    return minute + offset if sign == b"-" else minute - offset
+
+
+def _by_second(block: tuple[bytes, list[bytes]]) -> bytes:
+    return block[0]
+
+
+def _fleet(computers: dict[str, dict]) -> dict:
+    days: dict[str, dict] = {}
+    for info in computers.values():
+        for day, entry in info["days"].items():
+            agg = days.setdefault(day, {"computers": 0, "minutes_up": 0, "minutes_expected": 0,
+                                        "outages": 0, "outage_seconds": 0})
+            agg["computers"] += 1
+            agg["minutes_up"] += entry["minutes_up"]
+            agg["minutes_expected"] += entry["minutes_expected"]
+            agg["outages"] += len(entry["outages"])
+            agg["outage_seconds"] += entry["outage_seconds"]
+    for agg in days.values():
+        agg["availability"] = _percent(agg["minutes_up"], agg["minutes_expected"])
+    up = sum(c["minutes_up"] for c in computers.values())
+    expected = sum(c["minutes_expected"] for c in computers.values())
+    ranked = sorted(computers.items(), key=lambda kv: (kv[1]["availability"], kv[0]))
+    return {
+        "computers": len(computers),
+        "minutes_up": up,
+        "minutes_expected": expected,
+        "availability": _percent(up, expected),
+        "mean_availability": round(sum(c["availability"] for c in computers.values()) / len(computers), 3)
+        if computers else None,
+        "outages": sum(len(c["outages"]) for c in computers.values()),
+        "outage_seconds": sum(c["outage_seconds"] for c in computers.values()),
+        "lowest": [{"computer": name, "availability": c["availability"]} for name, c in ranked[:LOWEST]],
+        "days": {day: days[day] for day in sorted(days)},
+    }
+
+
+def _percent(part: int, whole: int) -> float | None:
+    return round(100.0 * part / whole, 3) if whole > 0 else None
+
+
+def _iso(t: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def _day(day: int) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(day * 86400))
+
+
+def _outage(start: int, stop: int, edge: str | None) -> dict:
+    return {"start": _iso(start), "end": _iso(stop), "seconds": stop - start, "edge": edge}
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old file or the whole new one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+class Progress:
+    """A one-line progress bar on stderr (only used when stderr is a terminal)."""
+
+    def __init__(self, paths: list[str]) -> None:
+        self.total = 0
+        for path in paths:
+            try:
+                self.total += os.stat(path).st_size
+            except OSError:
+                pass
+        self.done = 0  # bytes of the files already read
+        self.started = time.monotonic()
+        self.shown = 0.0
+
+    def update(self, position: int) -> None:
+        now = time.monotonic()
+        if now - self.shown < 0.2:
+            return
+        self.shown = now
+        done = self.done + position
+        width = 30
+        frac = min(done / self.total, 1.0) if self.total else 0.0
+        rate = done / max(now - self.started, 1e-6) / 1e6
+        sys.stderr.write(f"\r[{'#' * int(frac * width):<{width}}] {frac * 100:5.1f}% {rate:.0f} MB/s ")
+        sys.stderr.flush()
+
+    def file_done(self, path: str) -> None:
+        try:
+            self.done += os.stat(path).st_size
+        except OSError:
+            pass
+
+    def clear(self) -> None:
+        sys.stderr.write("\r" + " " * 60 + "\r")
+        sys.stderr.flush()
