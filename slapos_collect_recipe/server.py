@@ -519,7 +519,7 @@ class Monitor:
             return self.not_found()
         method = request.method
         if not slash:
-            return self.redirect(request, path + "/")
+            return self.redirect(request, request.rel_url.raw_path + "/")
         if rest.startswith("server-log/"):
             if method not in ("GET", "HEAD"):
                 return self.not_allowed("GET, HEAD")
@@ -533,7 +533,7 @@ class Monitor:
         if rest == "metrics":
             return await self.metrics(request)
         if rest == "server-log":
-            return self.redirect(request, path + "/")
+            return self.redirect(request, request.rel_url.raw_path + "/")
         if rest == "api/partitions":
             return await self.partitions(request)
         if rest == "bench/download":
@@ -580,7 +580,7 @@ class Monitor:
             return self.not_found()
         if stat.S_ISDIR(st.st_mode):
             if not directory:
-                return self.redirect(request, request.path + "/")
+                return self.redirect(request, request.rel_url.raw_path + "/")
             return self.listing(request, real, rel)
         if directory or not stat.S_ISREG(st.st_mode):
             return self.not_found()

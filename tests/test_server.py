@@ -133,6 +133,19 @@ def test_folder_navigation(served):
     assert status == 301 and headers["Location"] == f"/{served.secret}/"
 
 
+def test_names_needing_quoting(data_dir):
+    (data_dir / "with space").mkdir()
+    (data_dir / "with space" / "é #1.txt").write_text("hi\n")
+    with running_server(data_dir) as server:
+        status, headers, _ = server.get(path(server, "server-log/with%20space"))
+        assert status == 301 and headers["Location"] == path(server, "server-log/with%20space/")
+        _, _, body = server.get(path(server, "server-log/with%20space/"), {"Accept": "application/json"})
+        entry = json.loads(body)["entries"][0]
+        assert (entry["name"], entry["url"]) == ("é #1.txt", "%C3%A9%20%231.txt")
+        status, headers, body = server.get(path(server, "server-log/with%20space/" + entry["url"]))
+        assert (status, body) == (200, b"hi\n") and headers["Content-Type"] == "text/plain; charset=utf-8"
+
+
 @pytest.mark.parametrize("name,kind", [
     ("system_cpu_percent.csv", "text/csv; charset=utf-8"),
     ("2026-11-28.tar.gz", "application/gzip"),
