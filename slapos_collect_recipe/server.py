@@ -31,6 +31,7 @@ import re
 import secrets
 import signal
 import socket
+import sqlite3
 import ssl
 import stat
 import sys
@@ -764,7 +765,12 @@ class Monitor:
     async def send_db_copy(self, request: web.BaseRequest, real: str) -> web.StreamResponse:
         """collector.db as a consistent copy (backup API), never the live file."""
         async with self.snapshots:
-            tmp = await asyncio.to_thread(self._snapshot, real)
+            try:
+                tmp = await asyncio.to_thread(self._snapshot, real)
+            except (sqlite3.Error, OSError) as exc:
+                log.warning("cannot copy %s: %s", real, exc)
+                return web.Response(status=503, text="the store cannot be copied right now\n",
+                                    headers={"Retry-After": "60"})
             try:
                 handle = open(tmp, "rb")
             finally:
@@ -841,7 +847,12 @@ class Monitor:
             with store:
                 return metrics.current_partitions(store)
 
-        body = json.dumps(await asyncio.to_thread(read)).encode()
+        try:
+            body = json.dumps(await asyncio.to_thread(read)).encode()
+        except sqlite3.Error as exc:
+            log.warning("cannot read the store: %s", exc)
+            return web.Response(status=503, text="the store cannot be read right now\n",
+                                headers={"Retry-After": "60"})
         return web.Response(body=body, headers={"Content-Type": "application/json",
                                                 "Cache-Control": "no-store", **SECURITY_HEADERS})
 

@@ -264,6 +264,19 @@ def test_collector_db_is_a_copy(served):
     assert not list(served.data_dir.glob(".collector.db.serve-*"))  # the temp copy is gone
 
 
+def test_unreadable_store_is_a_503_not_a_crash(data_dir):
+    (data_dir / "collector.db").write_bytes(b"this is not a database" * 100)
+    with running_server(data_dir) as server:
+        status, headers, _ = server.get(path(server, "server-log/collector.db"))
+        assert status == 503 and headers["Retry-After"]
+        assert server.get(path(server, "api/partitions"))[0] == 503
+        status, _, body = server.get(path(server, "metrics"))
+        assert status == 200 and b"slapos_partition" not in body
+        assert server.get("/")[2] == b"OK"
+    assert not list(data_dir.glob(".collector.db.serve-*"))
+    assert not [x for x in server.stderr if "Traceback" in x]
+
+
 # -- security ------------------------------------------------------------------
 
 
