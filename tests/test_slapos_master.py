@@ -165,6 +165,17 @@ def test_a_secret_does_not_open_another_partition(master) -> None:
     assert status == 200
 
 
+def test_logrotate_entry_as_the_partition_user(master) -> None:
+    part = partition_dir(master, "collect-b")
+    line = (part / "etc" / "cron.d" / "logrotate").read_text().strip()
+    command = line.split(None, 5)[5].split()
+    proc = as_user(command[0], "-f", *command[1:], timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "error" not in proc.stderr.lower()
+    assert (part / "var" / "logrotate.status").exists()
+    assert (part / "var" / "log" / "slapmonitor.log.1").exists()  # it had a line: "listening on"
+
+
 def test_invalid_parameters_fail_the_instance_readably(master) -> None:
     proc = master["run"]("request-invalid", "collect-bad", json.dumps({"keep-days": 0, "colour": "red"}))
     assert proc.returncode == 0, proc.stderr[-3000:]
