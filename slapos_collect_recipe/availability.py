@@ -49,6 +49,7 @@ CHUNK = 4 << 20
 MAX_LINE = 1 << 20
 DAY_MINUTES = 1440
 LOWEST = 10
+MAX_DAYS = 366  # longest period reported (a stray stamp years away must not make a huge report)
 
 _MONTHS = {m.encode(): i for i, m in enumerate(
     ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
@@ -98,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
     until = _parse_day(args.until, "--until")
     if since is not None and until is not None and until < since:
         raise CollectError(f"--until {args.until} is before --since {args.since}")
+    if since is not None and until is not None and until - since + 1 > MAX_DAYS:
+        raise CollectError(f"--since {args.since} --until {args.until} is more than {MAX_DAYS} days")
     if args.gap < MIN_GAP:
         raise CollectError(f"--gap must be at least {MIN_GAP} seconds (minute resolution), not {args.gap}")
     output = None if args.output == "-" else Path(args.output)
@@ -177,9 +180,10 @@ class Analyser:
         self.since, self.until = since, until
         self.lo = since * DAY_MINUTES if since is not None else -(1 << 62)
         self.hi = (until + 1) * DAY_MINUTES if until is not None else 1 << 62
-        self.base: int | None = None  # epoch minute of maps[...][0], a midnight
-        self.length = 0  # minutes held by every map, a whole number of days
-        self.maps: dict[bytes, tuple[bytearray, bytearray]] = {}
+        # day -> computer -> (60 - first second, last second + 1) for each minute of
+        # the day, 0 without contact: only days with a contact take memory, so a
+        # stray stamp years away costs 2.9 KB, not years of minutes.
+        self.days: dict[int, dict[bytes, tuple[bytearray, bytearray]]] = {}
         self.stamps: dict[bytes, int] = {}  # stamp -> epoch minute (-1: invalid)
         self.minutes: dict[bytes, int] = {}  # stamp less its seconds -> epoch minute
         self.minute = 0  # the minute of the pending blocks
@@ -345,12 +349,14 @@ class Analyser:
                     first[comp] = second
                 last[comp] = second
         last.pop(b"", None)
-        idx = self._index(self.minute)
-        maps = self.maps
+        day, idx = divmod(self.minute, DAY_MINUTES)
+        maps = self.days.get(day)
+        if maps is None:
+            maps = self.days[day] = {}
         for comp, sec in last.items():
             pair = maps.get(comp)
             if pair is None:
-                pair = maps[comp] = (bytearray(self.length), bytearray(self.length))
+                pair = maps[comp] = (bytearray(DAY_MINUTES), bytearray(DAY_MINUTES))
             fmap, lmap = pair
             v = _FIRST[first[comp]]
             if v > fmap[idx]:
@@ -373,42 +379,28 @@ class Analyser:
         self.stamps[stamp] = minute
         return minute
 
-    def _index(self, minute: int) -> int:
-        """Index of ``minute`` in every map, growing or shifting the maps as needed."""
-        if self.base is None:
-            self.base = minute - minute % DAY_MINUTES
-        if minute < self.base:
-            start = minute - minute % DAY_MINUTES
-            pad = bytes(self.base - start)
-            for fmap, lmap in self.maps.values():
-                fmap[0:0] = pad
-                lmap[0:0] = pad
-            self.length += self.base - start
-            self.base = start
-        idx = minute - self.base
-        if idx >= self.length:
-            grow = bytes((idx // DAY_MINUTES + 1) * DAY_MINUTES - self.length)
-            for fmap, lmap in self.maps.values():
-                fmap.extend(grow)
-                lmap.extend(grow)
-            self.length += len(grow)
-        return idx
-
     # -- reporting -------------------------------------------------------------
 
     def _windows(self) -> tuple[int, int, dict[bytes, tuple[int, int]]]:
-        """Per computer its first and last contact (epoch s), and the fleet's last contact."""
+        """Per computer its first and last contact (epoch s); the fleet's first and last."""
+        firsts: dict[bytes, int] = {}
+        lasts: dict[bytes, tuple[int, bytearray]] = {}
+        for day in sorted(self.days):
+            for comp, (fmap, lmap) in self.days[day].items():
+                if comp not in firsts:
+                    i = _NONZERO.search(fmap).start()
+                    firsts[comp] = (day * DAY_MINUTES + i) * 60 + 60 - fmap[i]
+                lasts[comp] = (day, lmap)
         contacts = {}
-        for comp, (fmap, lmap) in self.maps.items():
-            i = _NONZERO.search(fmap).start()
+        for comp, (day, lmap) in lasts.items():
             j = len(lmap.rstrip(b"\x00")) - 1
-            contacts[comp] = ((self.base + i) * 60 + 60 - fmap[i], (self.base + j) * 60 + lmap[j] - 1)
+            contacts[comp] = (firsts[comp], (day * DAY_MINUTES + j) * 60 + lmap[j] - 1)
         fleet_first = min(c[0] for c in contacts.values())
         fleet_last = max(c[1] for c in contacts.values())
         return fleet_first, fleet_last, contacts
 
     def _expected(self, first_contact: int, fleet_last: int) -> tuple[int, int, int, int]:
-        """When a computer is expected to call: seconds [t0, t1], minutes [lo, hi) from base.
+        """When a computer is expected to call: seconds [t0, t1] and epoch minutes [lo, hi).
 
         From --since (or its own first contact) to the end of --until (or the
         last contact of any computer: the end of the logs).
@@ -416,13 +408,20 @@ class Analyser:
         t0 = self.since * 86400 if self.since is not None else first_contact
         t1 = (self.until + 1) * 86400 if self.until is not None else fleet_last
         hi = (self.until + 1) * DAY_MINUTES if self.until is not None else t1 // 60 + 1
-        return t0, t1, t0 // 60 - self.base, hi - self.base
+        return t0, t1, t0 // 60, hi
+
+    def _timeline(self, comp: bytes, lo: int, hi: int) -> tuple[int, bytes, bytes]:
+        """(first minute, first-second map, last-second map) of ``comp`` over whole days covering [lo, hi)."""
+        zero = bytes(DAY_MINUTES)
+        empty = (zero, zero)
+        pairs = [self.days.get(day, {}).get(comp, empty)
+                 for day in range(lo // DAY_MINUTES, (hi - 1) // DAY_MINUTES + 1)]
+        return (lo // DAY_MINUTES * DAY_MINUTES, b"".join(p[0] for p in pairs), b"".join(p[1] for p in pairs))
 
     def _computer(self, comp: bytes, first_contact: int, last_contact: int, fleet_last: int, gap: int) -> dict:
-        fmap, lmap = self.maps[comp]
-        base = self.base
-        t0, t1, lo, hi = self._expected(first_contact, fleet_last)
-        clo, chi = max(lo, 0), min(hi, self.length)
+        t0, t1, lo_minute, hi_minute = self._expected(first_contact, fleet_last)
+        base, fmap, lmap = self._timeline(comp, lo_minute, hi_minute)
+        lo, hi = lo_minute - base, hi_minute - base
 
         def first_at(i: int) -> int:
             return (base + i) * 60 + 60 - fmap[i]
@@ -430,13 +429,9 @@ class Analyser:
         def last_at(i: int) -> int:
             return (base + i) * 60 + lmap[i] - 1
 
-        runs = [(m.start(), m.end()) for m in _ZERO_RUNS.finditer(fmap, clo, chi)]
-        if lo < clo:
-            runs[:1] = [(lo, runs[0][1])] if runs and runs[0][0] == clo else [(lo, clo)] + runs[:1]
-        if hi > chi:
-            runs[-1:] = [(runs[-1][0], hi)] if runs and runs[-1][1] == chi else runs[-1:] + [(chi, hi)]
         outages = []
-        for a, b in runs:
+        for m in _ZERO_RUNS.finditer(fmap, lo, hi):
+            a, b = m.span()
             start = t0 if a == lo else last_at(a - 1)
             stop = t1 if b == hi else first_at(b)
             if stop - start > gap:
@@ -445,15 +440,14 @@ class Analyser:
         days = {}
         total_up = 0
         for day in range((base + lo) // DAY_MINUTES, (base + hi - 1) // DAY_MINUTES + 1):
-            dlo = max(lo, day * DAY_MINUTES - base)
-            dhi = min(hi, (day + 1) * DAY_MINUTES - base)
-            a, b = max(dlo, 0), min(dhi, self.length)
-            up = (b - a) - fmap.count(0, a, b) if b > a else 0
+            a = max(lo, day * DAY_MINUTES - base)
+            b = min(hi, (day + 1) * DAY_MINUTES - base)
+            up = (b - a) - fmap.count(0, a, b)
             total_up += up
             entry = {
                 "first_contact": None, "last_contact": None,
-                "minutes_up": up, "minutes_expected": dhi - dlo,
-                "availability": _percent(up, dhi - dlo),
+                "minutes_up": up, "minutes_expected": b - a,
+                "availability": _percent(up, b - a),
                 "outage_seconds": 0, "outages": [],
             }
             if up:
@@ -479,6 +473,14 @@ class Analyser:
             "days": days,
         }
 
+    def _check_span(self, fleet_first: int, fleet_last: int) -> None:
+        first = self.since if self.since is not None else fleet_first // 86400
+        last = self.until if self.until is not None else fleet_last // 86400
+        if last - first + 1 > MAX_DAYS:
+            raise CollectError(
+                f"the logs span {last - first + 1} days ({_day(first)} to {_day(last)}), more than {MAX_DAYS}: "
+                "choose the period with --since/--until")
+
     def report(self, stats: Iterable[FileStats], gap: int = DEFAULT_GAP, pattern: str = DEFAULT_PATTERN) -> dict:
         """The stats.json document (schema: availability.schema.json)."""
         self.flush()
@@ -489,8 +491,9 @@ class Analyser:
         inputs["failed_files"] = sum(1 for f in files if f["error"])
         computers = {}
         period = None
-        if self.maps:
+        if self.days:
             fleet_first, fleet_last, contacts = self._windows()
+            self._check_span(fleet_first, fleet_last)
             start = self.since * 86400 if self.since is not None else fleet_first
             end = (self.until + 1) * 86400 if self.until is not None else fleet_last
             period = {"start": _iso(start), "end": _iso(end)}
@@ -513,24 +516,21 @@ class Analyser:
 
     def hourly_csvs(self, gap: int = DEFAULT_GAP) -> Iterable[tuple[str, str]]:
         """(file name, content) per computer: ``time,entry`` = % of the hour's expected minutes up."""
-        if not self.maps:
+        self.flush()
+        if not self.days:
             return
         _, fleet_last, contacts = self._windows()
         for comp in sorted(contacts):
-            fmap = self.maps[comp][0]
             _, _, lo, hi = self._expected(contacts[comp][0], fleet_last)
+            base, fmap, _ = self._timeline(comp, lo, hi)
             out = io.StringIO()
             writer = csv.writer(out, lineterminator="\n")
             writer.writerow(["time", "entry"])
-            hour = (self.base + lo) // 60
-            while hour * 60 < self.base + hi:
-                hlo = max(lo, hour * 60 - self.base)
-                hhi = min(hi, (hour + 1) * 60 - self.base)
-                a, b = max(hlo, 0), min(hhi, self.length)
-                up = (b - a) - fmap.count(0, a, b) if b > a else 0
-                writer.writerow([time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(hour * 3600)),
-                                 _percent(up, hhi - hlo)])
-                hour += 1
+            for hour in range(lo // 60, (hi - 1) // 60 + 1):
+                a = max(lo, hour * 60) - base
+                b = min(hi, (hour + 1) * 60) - base
+                up = (b - a) - fmap.count(0, a, b)
+                writer.writerow([time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(hour * 3600)), _percent(up, b - a)])
             safe = re.sub(r"[^A-Za-z0-9_.-]", "_", comp.decode("utf-8", "replace"))
             yield f"availability_{safe}.csv", out.getvalue()
 

@@ -325,6 +325,27 @@ def test_bad_arguments_one_line_no_traceback(tmp_path, args, message):
     assert proc.stderr.startswith("slapos-collect availability: error: " + message)
 
 
+def test_a_stray_stamp_years_away_asks_for_a_period(tmp_path):
+    current, rotated = write_scenario(tmp_path)
+    stray = tmp_path / "access.log.4"
+    # A master that booted with its clock in 2000 for a moment.
+    stray.write_text(line(calendar.timegm((2000, 1, 1, 0, 0, 5)), "COMP-A") + line(T0 - 60, "COMP-A"))
+    proc = run_cli("availability", str(stray), str(current), "-o", str(tmp_path / "stats.json"))
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[-1] == (
+        "slapos-collect availability: error: the logs span 9831 days (2000-01-01 to 2026-11-30), more than 366: "
+        "choose the period with --since/--until")
+    assert not (tmp_path / "stats.json").exists()
+    proc, doc = run_json(str(stray), str(current), str(rotated), "--since", "2026-11-29")
+    assert proc.returncode == 0, proc.stderr
+    assert doc["inputs"]["files"][0]["outside_period"] == 1 and doc["inputs"]["files"][0]["contacts"] == 1
+    assert doc["computers"]["COMP-A"]["first_contact"] == iso(T0 - 60)
+    proc = run_cli("availability", str(current), "--since", "2025-01-01", "--until", "2026-01-02")
+    assert proc.returncode == 2
+    assert proc.stderr == ("slapos-collect availability: error: --since 2025-01-01 --until 2026-01-02 is more than "
+                           "366 days\n")
+
+
 def test_output_is_replaced_atomically(tmp_path):
     current, rotated = write_scenario(tmp_path)
     out_dir = tmp_path / "data-log"
