@@ -21,6 +21,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 from conftest import SCRIPTS, run_cli
+from monitor_helpers import running_server
 
 from slapos_collect_recipe import availability
 
@@ -264,6 +265,17 @@ def test_custom_pattern(tmp_path):
     assert doc["fleet"]["availability"] is None
 
 
+def test_empty_files_are_fine(tmp_path):
+    empty, empty_gz = tmp_path / "access.log", tmp_path / "access.log.1.gz"
+    empty.write_bytes(b"")
+    with gzip.open(empty_gz, "wb"):
+        pass
+    proc, doc = run_json(str(empty), str(empty_gz))
+    assert proc.returncode == 0 and proc.stderr == ""
+    assert doc["inputs"]["lines"] == 0 and doc["inputs"]["failed_files"] == 0
+    assert doc["computers"] == {} and doc["fleet"]["computers"] == 0 and doc["fleet"]["lowest"] == []
+
+
 def test_bad_files_are_reported_and_the_others_still_read(tmp_path):
     current, rotated = write_scenario(tmp_path)
     text = tmp_path / "notes.txt"
@@ -356,6 +368,24 @@ def test_output_is_replaced_atomically(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert json.loads(out.read_text())["format"] == "slapos-collect-availability/1"
     assert [p.name for p in out_dir.iterdir()] == ["stats.json"]  # no temporary file left
+
+
+def test_slapmonitor_serves_stats_json_from_the_data_dir(tmp_path, data_dir):
+    current, rotated = write_scenario(tmp_path)
+    proc = run_cli("availability", str(current), str(rotated), "-o", str(data_dir / "stats.json"),
+                   "--csv", str(data_dir))
+    assert proc.returncode == 0, proc.stderr
+    with running_server(data_dir) as server:
+        status, headers, body = server.get(f"/{server.secret}/server-log/stats.json")
+        assert status == 200
+        assert headers["Content-Type"].startswith("application/json")
+        assert json.loads(body) == json.loads((data_dir / "stats.json").read_text())
+        status, _, body = server.get(f"/{server.secret}/server-log/?format=json")
+        assert status == 200
+        names = {entry["name"] for entry in json.loads(body)["entries"]}
+        assert {"stats.json", "availability_COMP-A.csv", "availability_COMP-C.csv"} <= names
+        status, _, body = server.get(f"/{server.secret}/server-log/availability_COMP-A.csv")
+        assert status == 200 and body.startswith(b"time,entry\n")
 
 
 def test_progress_bar_only_on_a_terminal(tmp_path):
