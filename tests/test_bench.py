@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 from conftest import SCRIPTS, run_cli
-from monitor_helpers import running_server
+from monitor_helpers import has_ipv6, running_server
 
 from slapos_collect_recipe import bench, lock
 from slapos_collect_recipe.errors import CollectError
@@ -271,7 +271,8 @@ def test_net_over_tls_with_a_self_signed_peer(tmp_path, data_dir):
     cfg = write_config(tmp_path, "repeat = 1\n")
     peer_dir = tmp_path / "peer"
     peer_dir.mkdir()
-    with running_server(peer_dir, tls=True) as peer:
+    hosts = ("127.0.0.1", "::1") if has_ipv6() else ("127.0.0.1",)
+    with running_server(peer_dir, hosts=hosts, tls=True) as peer:
         assert peer.url().startswith("https://")
         untrusted = run_cli("bench", "-c", str(cfg), "--data-dir", str(data_dir), "net", "--peer", peer.url())
         one_line_error(untrusted, "TLS certificate is not trusted", "--peer-ca")
@@ -280,7 +281,10 @@ def test_net_over_tls_with_a_self_signed_peer(tmp_path, data_dir):
         with_ca = bench_json(data_dir, cfg, "net", "--peer", peer.url(), "--peer-ca",
                              str(peer_dir / ".slapmonitor.crt"))
         assert with_ca["values"]["net_download"] > 0
-        insecure = bench_json(data_dir, cfg, "net", "--peer", peer.url(), "--peer-insecure")
+        # An https://[::1]:PORT/ peer, its certificate not verified.
+        last = peer.url(base=peer.urls[-1])
+        assert last.startswith("https://[::1]:") or not has_ipv6()
+        insecure = bench_json(data_dir, cfg, "net", "--peer", last, "--peer-insecure")
         assert insecure["values"]["net_upload"] > 0
 
 
