@@ -237,12 +237,12 @@ def bench_settings(args: argparse.Namespace) -> BenchSettings:
 
     timeout = getattr(args, "timeout", None)
     if timeout is None:
-        timeout = _get_float(cp, "timeout", DEFAULT_TIMEOUT, 1.0)
-    _check_range("--timeout", timeout, 1.0)
+        timeout = _get_float(cp, "timeout", DEFAULT_TIMEOUT, 1.0, 3600.0)
+    _check_range("--timeout", timeout, 1.0, 3600.0)
     lock_wait = getattr(args, "lock_wait", None)
     if lock_wait is None:
-        lock_wait = _get_float(cp, "lock-wait", DEFAULT_LOCK_WAIT, 0.0)
-    _check_range("--lock-wait", lock_wait, 0.0)
+        lock_wait = _get_float(cp, "lock-wait", DEFAULT_LOCK_WAIT, 0.0, 3600.0)
+    _check_range("--lock-wait", lock_wait, 0.0, 3600.0)
 
     return BenchSettings(
         data_dir=config.resolve_data_dir(data_dir),
@@ -419,7 +419,11 @@ class PeerClient:
         self.context: ssl.SSLContext | None = None
         if self.peer.scheme == "https":
             if settings.peer_verify:
-                self.context = ssl.create_default_context(cafile=settings.peer_ca)
+                try:
+                    self.context = ssl.create_default_context(cafile=settings.peer_ca)
+                except ssl.SSLError as exc:
+                    raise CollectError(f"cannot load the peer CA {settings.peer_ca}: {exc.reason or exc}",
+                                       exit_code=2) from None
             else:
                 self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
                 self.context.check_hostname = False

@@ -439,11 +439,22 @@ def test_a_collection_starting_during_a_bench_is_skipped(tmp_path, data_dir):
     ("baseline-days = 0\n", [], "[bench] baseline-days must be at least 1"),
     ("net-bytes = 999999999999\n", [], "net-bytes must be at most"),
     ("", ["--repeat", "0"], "--repeat must be at least 1"),
-    ("", ["--timeout", "0"], "--timeout must be at least 1"),
+    ("", ["--timeout", "0"], "--timeout must be between 1 and 3600"),
+    ("timeout = inf\n", [], "[bench] timeout must be between 1 and 3600"),
+    ("lock-wait = -1\n", [], "[bench] lock-wait must be between 0 and 3600"),
 ])
 def test_bad_settings(tmp_path, data_dir, extra, args, message):
     proc = run_cli("bench", "-c", str(write_config(tmp_path, extra)), "--data-dir", str(data_dir), "cpu", *args)
     one_line_error(proc, message)
+    assert_nothing_stored(data_dir)
+
+
+def test_a_peer_ca_that_is_no_certificate(tmp_path, data_dir):
+    bogus = tmp_path / "not-a-cert.pem"
+    bogus.write_text("hello\n")
+    proc = run_cli("bench", "-c", str(write_config(tmp_path)), "--data-dir", str(data_dir), "net",
+                   "--peer", "https://127.0.0.1:1/some-secret/", "--peer-ca", str(bogus))
+    one_line_error(proc, f"cannot load the peer CA {bogus}")
     assert_nothing_stored(data_dir)
 
 
