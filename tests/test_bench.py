@@ -497,6 +497,27 @@ def test_baseline_is_the_first_days_and_then_frozen():
     assert status["reason"] == "cpu_single at 53 % of its baseline (threshold 70 %)"
 
 
+def test_a_threshold_per_figure(tmp_path):
+    cfg = write_config(tmp_path, "threshold = 0.8\nthreshold-sqlite_fsync = 0.2\n")
+
+    class Args:
+        config, data_dir, what, log_file = str(cfg), str(tmp_path / "d"), "sqlite", None
+
+    settings = bench.bench_settings(Args())
+    assert settings.threshold == 0.8 and settings.thresholds == {"sqlite_fsync": 0.2}
+    latest = {"sqlite_fsync": (3.0, "ms", "2026-01-02", "10:00:00"), "sqlite_ops": (70.0, "ops/s", "2026-01-02", "10:00:00")}
+    baselines = {"sqlite_fsync": {"since": "2026-01-01", "values": [1.0]},
+                 "sqlite_ops": {"since": "2026-01-01", "values": [100.0]}}
+    status = bench.build_status(latest, baselines, settings, "2026-01-02")
+    fsync, ops = status["benchmarks"]["sqlite_fsync"], status["benchmarks"]["sqlite_ops"]
+    assert (fsync["ratio"], fsync["threshold"], fsync["degraded"]) == (0.3333, 0.2, False)
+    assert (ops["ratio"], ops["threshold"], ops["degraded"]) == (0.7, 0.8, True)
+    assert status["reason"] == "sqlite_ops at 70 % of its baseline (threshold 80 %)"
+    Args.config = str(write_config(tmp_path, "threshold-disk = 0.5\n"))
+    with pytest.raises(CollectError, match="unknown benchmark 'disk'"):
+        bench.bench_settings(Args())
+
+
 def test_latency_ratio_is_inverted():
     assert bench.performance_ratio("net_latency", 2.0, 1.0) == 0.5
     assert bench.performance_ratio("net_download", 2.0, 1.0) == 2.0
