@@ -149,8 +149,8 @@ def test_rereads_the_folder_when_it_changes(cron) -> None:
     (daemon.cron_d / "second").write_text("* * * * * * echo second\n")
     wait_for(lambda: "second\n" in daemon.log("second"), "the added entry")
     (daemon.cron_d / "first").unlink()
-    # Let a run started before the daemon saw the removal end, then count.
-    time.sleep(1)
+    # Once the daemon has seen the removal, let a run started before end, then count.
+    wait_for(lambda: "0 new, 1 removed" in daemon.stderr.read_text(), "the removal seen")
     wait_for(lambda: daemon.log("first").count(" start: ") == daemon.log("first").count(" end: "), "first to end")
     count = daemon.log("first").count("first\n")
     wait_for(lambda: daemon.log("second").count("second\n") >= 4, "more runs of second")
