@@ -85,10 +85,8 @@ def _publish(store: Store, settings: CollectSettings) -> None:
 
     A failure here never loses the run's rows (they are committed): it is
     reported, and the next run tries again."""
-    try:
-        from . import realtime, rotate
-    except ImportError:  # publishers not installed in this build
-        return
+    from . import realtime, rotate
+
     try:
         realtime.publish(store, settings.data_dir)
         rotate.rotate(store, settings)

@@ -245,7 +245,7 @@ def collect_settings(args: argparse.Namespace) -> CollectSettings:
     return settings
 
 
-def setup_logging(log_file: str | None, verbose: bool = False) -> None:
+def setup_logging(log_file: str | None, verbose: bool = False, long_running: bool = False) -> None:
     """Log to a file when one is named; otherwise only warnings reach stderr.
 
     Quiet on success: cron mails whatever a run prints.
@@ -255,10 +255,15 @@ def setup_logging(log_file: str | None, verbose: bool = False) -> None:
     root.propagate = False
     if log_file:
         try:
-            # A plain FileHandler: each run is a new process, so a log rotated
-            # (renamed) by logrotate is simply reopened by the next run. The
-            # long-running server uses WatchedFileHandler instead.
-            handler: logging.Handler = logging.FileHandler(log_file)
+            if long_running:
+                # Reopens the file when logrotate has renamed it.
+                from logging.handlers import WatchedFileHandler
+
+                handler: logging.Handler = WatchedFileHandler(log_file)
+            else:
+                # Each run is a new process that opens the current file: no need for
+                # logging.handlers, which is slow to import every minute.
+                handler = logging.FileHandler(log_file)
         except OSError as exc:
             raise CollectError(f"cannot open log file {log_file}: {exc.strerror}") from None
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))

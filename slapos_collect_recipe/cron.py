@@ -339,7 +339,7 @@ def _write_pid(path: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     from .config import setup_logging
 
-    setup_logging(args.log_file, verbose=args.verbose)
+    setup_logging(args.log_file, verbose=args.verbose, long_running=True)
     if args.log_file is None:
         # A service: supervisord keeps stderr; say what happens at INFO too.
         logging.getLogger("slapos_collect").handlers[0].setLevel(logging.INFO)
