@@ -15,6 +15,7 @@ import json
 import os
 import re
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -31,13 +32,17 @@ from slapos_collect_recipe.bench import FIGURES  # noqa: E402
 SCRIPTS = Path(sys.executable).parent
 RUNS = int(os.environ.get("BENCH_BENCH_RUNS", "10"))
 SECRET = "bench-of-bench-secret-0123456789"
+# "real-time": the same command under SCHED_RR (root only), so that the
+# machine's other processes (CFS) cannot take its CPU: what is left is the
+# benchmark's own noise and the host's (SMT sibling, hypervisor).
+REALTIME = ("chrt", "-r", "1") if os.geteuid() == 0 and shutil.which("chrt") else ()
 
 
-def run_bench(data_dir: Path, cfg: Path, what: str, *args: str) -> tuple[dict, float, float]:
+def run_bench(data_dir: Path, cfg: Path, what: str, *args: str, prefix: tuple[str, ...] = ()) -> tuple[dict, float, float]:
     """One run of the real command: (its JSON, wall seconds, CPU seconds of it and its workers)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    proc = subprocess.run([str(SCRIPTS / "slapos-collect"), "bench", "-c", str(cfg), "--data-dir", str(data_dir),
+    proc = subprocess.run([*prefix, str(SCRIPTS / "slapos-collect"), "bench", "-c", str(cfg), "--data-dir", str(data_dir),
                            what, "--json", *args], capture_output=True, text=True, timeout=300)
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -69,7 +74,8 @@ def cv(values: list[float]) -> float:
     return statistics.stdev(values) / statistics.mean(values) * 100 if len(values) > 1 else 0.0
 
 
-def measure(label: str, what: str, config_text: str, tmp: Path, peer: bool = False) -> list[list[object]]:
+def measure(label: str, what: str, config_text: str, tmp: Path, peer: bool = False,
+            prefix: tuple[str, ...] = ()) -> list[list[object]]:
     cfg = tmp / f"{label}.cfg"
     cfg.write_text("[bench]\n" + config_text, encoding="utf-8")
     data_dir = tmp / label
@@ -91,7 +97,7 @@ def measure(label: str, what: str, config_text: str, tmp: Path, peer: bool = Fal
                     peer_dir.mkdir()
                     server, url = start_peer(peer_dir)
                 args = ["--peer", url]
-            result, wall, cpu = run_bench(data_dir, cfg, what, *args)
+            result, wall, cpu = run_bench(data_dir, cfg, what, *args, prefix=prefix)
             walls.append(wall)
             cpus.append(cpu)
             for name, value in result["values"].items():
@@ -119,9 +125,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-bench-") as tmp_name:
         tmp = Path(tmp_name)
         rows += measure("cpu (default: 50k loops x5)", "cpu", "", tmp)
+        if REALTIME:
+            rows += measure("cpu (default), real-time", "cpu", "", tmp, prefix=REALTIME)
         rows += measure("cpu (100k loops x5)", "cpu", "cpu-loops = 100000\n", tmp)
-        rows += measure("cpu (20k loops x3)", "cpu", "cpu-loops = 20000\nrepeat = 3\n", tmp)
         rows += measure("sqlite (default: 100 rounds x5)", "sqlite", "", tmp)
+        if REALTIME:
+            rows += measure("sqlite (default), real-time", "sqlite", "", tmp, prefix=REALTIME)
         rows += measure("sqlite (200 rounds x5)", "sqlite", "sqlite-rounds = 200\n", tmp)
         rows += measure("net (default: 10 MB x3)", "net", "", tmp, peer=True)
     load_after = os.getloadavg()[0]
@@ -133,6 +142,8 @@ def main() -> int:
         "in-run spread = median over the runs of the stored `<name>_spread` (median absolute deviation / "
         "median of one run's repeats); wall and CPU = median wall time and CPU time (the process and its "
         "workers) of one run, start-up included; the net runs' CPU excludes the peer's. "
+        "Real-time: the same runs under `chrt -r 1` (SCHED_RR), out of reach of this machine's other "
+        "processes, to separate the benchmark's own noise from theirs. "
         f"Net: loopback to a real slapmonitor. Load average {load_before:.1f} before, {load_after:.1f} after "
         "(the 2 cores are shared with other work, which the CPU figures feel directly).\n\n"
         + results.table(["settings", "figure", "median", "CV over runs", "CV if best-of-N", "in-run spread",
