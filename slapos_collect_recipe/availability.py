@@ -6,16 +6,17 @@ log tells, minute by minute, whether each server could reach it.
 
 Reading is one streaming pass over the files (plain or gzip, any order,
 overlapping). Memory is bounded by the number of computers times the number of
-days covered, never by the number of lines: for each computer two byte arrays
-with one byte per minute hold the first and the last second of contact in that
-minute (0 = no contact), about 2.9 KB per computer per day.
+days with contacts, never by the number of lines: per computer and day, two
+byte arrays with one byte per minute hold the first and the last second of
+contact in that minute (0 = no contact), about 3 KB.
 
-Speed: a Python loop over every line costs about 2 us a line. Instead, a run of
-lines sharing the same minute (found with ``bytes.rfind``/``count``, in C) is
-handled as a block: one ``findall`` for the computer ids, one for the seconds,
-then ``dict(zip(...))`` gives each computer's first and last second of the
-minute, so Python only loops once per computer per minute. Lines out of order
-or garbage make the block shrink down to single lines, which stay correct.
+Speed: a Python loop that parses every line costs about 2 us a line. Instead, a
+run of lines with the same stamp (to the second), found with ``bytes.rfind``
+and checked with ``bytes.count`` (in C), is one block: one ``findall`` gives
+its computer ids, and Python touches each id once more when the minute is
+folded into first/last seconds, then each computer once per minute. A line out
+of order, or garbage, makes the block shrink down to single lines, which stay
+correct.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ import time
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
+from itertools import chain, compress, repeat
+from operator import not_
 from pathlib import Path
 
 from .errors import CollectError
@@ -56,6 +59,7 @@ _MONTHS = {m.encode(): i for i, m in enumerate(
 # [dd/Mon/yyyy:HH:MM:SS +zzzz]: 28 bytes, the only part of a line that must parse.
 _MINUTE = re.compile(rb"\[(\d\d)/([A-Z][a-z][a-z])/(\d{4}):(\d\d):(\d\d): ([+-])(\d\d)(\d\d)\]")
 _STAMP_LEN = 28
+_STAMPS = re.compile(rb"(\[\d\d/[A-Z][a-z][a-z]/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}\])")
 _ZERO_RUNS = re.compile(rb"\x00+")
 _NONZERO = re.compile(rb"[^\x00]")
 # Stored per minute: 60 - first second (so that max() keeps the earliest) and last second + 1.
@@ -182,12 +186,13 @@ class Analyser:
         self.hi = (until + 1) * DAY_MINUTES if until is not None else 1 << 62
         # day -> computer -> (60 - first second, last second + 1) for each minute of
         # the day, 0 without contact: only days with a contact take memory, so a
-        # stray stamp years away costs 2.9 KB, not years of minutes.
+        # stray stamp years away costs 3 KB, not years of minutes.
         self.days: dict[int, dict[bytes, tuple[bytearray, bytearray]]] = {}
         self.stamps: dict[bytes, int] = {}  # stamp -> epoch minute (-1: invalid)
         self.minutes: dict[bytes, int] = {}  # stamp less its seconds -> epoch minute
         self.minute = 0  # the minute of the pending blocks
-        self.pending: list[tuple[bytes, list[bytes]]] = []  # (second, ids) of that minute
+        self.pending: list[tuple[list[bytes], list[bytes]]] = []  # (seconds, ids) of that minute's lines
+        self.seconds: dict[bytes, re.Pattern] = {}  # zone -> regex of the seconds
         self.window = 1 << 16
 
     # -- reading ---------------------------------------------------------------
@@ -261,15 +266,16 @@ class Analyser:
     def scan(self, buf: bytes, pos: int, end: int, st: FileStats) -> None:
         """Account for the whole lines of ``buf[pos:end]`` (``buf[end - 1]`` is a newline).
 
-        A block is a line and the following ones with the same stamp (to the
-        second), found with ``rfind`` and checked by counting: a line out of
-        order makes the search window shrink until the block is clean.
+        A block is a line and the following ones stamped within the same minute,
+        found with ``rfind`` and checked by counting: a line out of order across
+        minutes makes the search window shrink until the block is clean. Within
+        a block the seconds may come in any order (Apache stamps a request when
+        it starts and writes it when it ends).
         """
         find, rfind, count = buf.find, buf.rfind, buf.count
         stamps = self.stamps
         findall = self.ids.findall
         lo, hi = self.lo, self.hi
-        pending = self.pending
         window = self.window
         lines = unparsable = outside = ignored = contacts = 0
         while pos < end:
@@ -289,37 +295,53 @@ class Analyser:
                 unparsable += 1
                 pos = nl + 1
                 continue
+            mk = stamp[:19]  # [dd/Mon/yyyy:HH:MM:
             lim = pos + window
-            p = rfind(stamp, nl, lim if lim < end else end)
+            p = rfind(mk, nl, lim if lim < end else end)
             if p < 0:
                 e, n = nl + 1, 1
             else:
                 e = find(b"\n", p, end) + 1
                 n = count(b"\n", pos, e)
-                if count(stamp, pos, e) != n:
-                    window = max((e - pos) // 2, 256)
+                if count(mk, pos, e) != n:
+                    # Lines of other minutes in between (written late, or garbage).
+                    counts = self._mixed(buf, pos, e, n, stamp, minute)
+                    lines += n
+                    contacts += counts[0]
+                    ignored += counts[1]
+                    unparsable += counts[2]
+                    outside += counts[3]
+                    pos = e
                     continue
             lines += n
             window = (e - pos) * 3 // 2 + 1024
             if minute < lo or minute >= hi:
                 outside += n
+                pos = e
+                continue
+            ids = findall(buf, pos, e)
+            if not ids:
+                ignored += n
+            elif n == 1:
+                contacts += 1
+                self._add(minute, [stamp[19:21]], ids[:1])
             else:
-                ids = findall(buf, pos, e)
-                if not ids:
-                    ignored += n
+                # The seconds of every line; matching the zone too checks that
+                # all the lines of the block are in the same minute.
+                secs = self._seconds(stamp).findall(buf, pos, e)
+                if len(secs) != n:
+                    counts = self._mixed(buf, pos, e, n, stamp, minute)
+                    contacts += counts[0]
+                    ignored += counts[1]
+                    unparsable += counts[2]
+                    outside += counts[3]
                 else:
                     if len(ids) != n:
-                        ids = ids[:1] if n == 1 else self._ids_per_line(buf, pos, e, n)
-                        found = n - ids.count(b"")
-                        contacts += found
-                        ignored += n - found
-                    else:
-                        contacts += n
-                    if minute != self.minute:
-                        self.flush()
-                        self.minute = minute
-                        pending = self.pending
-                    pending.append((stamp[19:21], ids))
+                        ids = self._ids_per_line(buf, pos, e, n)
+                    found = n - ids.count(b"")
+                    contacts += found
+                    ignored += n - found
+                    self._add(minute, secs, ids)
             pos = e
         self.window = window
         st.lines += lines
@@ -327,6 +349,93 @@ class Analyser:
         st.outside_period += outside
         st.ignored += ignored
         st.contacts += contacts
+
+    def _seconds(self, stamp: bytes) -> re.Pattern:
+        """The regex capturing the seconds of the stamps in the zone of ``stamp``."""
+        zone = stamp[21:]
+        rx = self.seconds.get(zone)
+        if rx is None:
+            rx = self.seconds[zone] = re.compile(rb":(\d\d)" + re.escape(zone))
+        return rx
+
+    def _mixed(self, buf: bytes, pos: int, e: int, n: int, stamp: bytes, minute: int) -> tuple[int, int, int, int]:
+        """The ``n`` lines of ``buf[pos:e]``: mostly of ``minute`` (that of ``stamp``), a few of others.
+
+        The lines of ``minute`` go in bulk; the others (written late) one by one.
+        Returns (contacts, ignored, unparsable, outside_period).
+        """
+        stamps = _STAMPS.findall(buf, pos, e)
+        if len(stamps) != n:
+            return self._line_by_line(buf, pos, e)
+        ids = self.ids.findall(buf, pos, e)
+        if len(ids) != n:
+            ids = self._ids_per_line(buf, pos, e, n)
+        contacts = ignored = unparsable = outside = 0
+        if buf.count(stamp[21:], pos, e) == n:  # one zone: the minute is in the first 19 bytes
+            mine = list(map(bytes.startswith, stamps, repeat(stamp[:19])))
+            main = list(compress(ids, mine))
+            if minute < self.lo or minute >= self.hi:
+                outside += len(main)
+            else:
+                found = len(main) - main.count(b"")
+                contacts += found
+                ignored += len(main) - found
+                if found:
+                    self._add(minute, [s[19:21] for s in compress(stamps, mine)], main)
+            others = list(map(not_, mine))
+            stamps, ids = list(compress(stamps, others)), list(compress(ids, others))
+        groups: dict[int, tuple[list[bytes], list[bytes]]] = {}
+        for stamp_, comp in zip(stamps, ids, strict=True):
+            minute_ = self.stamps.get(stamp_)
+            if minute_ is None:
+                minute_ = self._parse_stamp(stamp_)
+            if minute_ < 0:
+                unparsable += 1
+            elif minute_ < self.lo or minute_ >= self.hi:
+                outside += 1
+            elif not comp:
+                ignored += 1
+            else:
+                contacts += 1
+                group = groups.get(minute_)
+                if group is None:
+                    group = groups[minute_] = ([], [])
+                group[0].append(stamp_[19:21])
+                group[1].append(comp)
+        for minute_, (secs, ids_) in groups.items():
+            self._add(minute_, secs, ids_)
+        return contacts, ignored, unparsable, outside
+
+    def _line_by_line(self, buf: bytes, pos: int, e: int) -> tuple[int, int, int, int]:
+        """Lines with no stamp or several among the others: one at a time (slow, rare)."""
+        counts = [0, 0, 0, 0]
+        while pos < e:
+            nl = buf.find(b"\n", pos, e)
+            m = _STAMPS.search(buf, pos, nl)
+            minute = -1
+            if m:
+                stamp = m.group(1)
+                minute = self.stamps.get(stamp)
+                if minute is None:
+                    minute = self._parse_stamp(stamp)
+            found = self.ids.search(buf, pos, nl)
+            if minute < 0:
+                counts[2] += 1
+            elif minute < self.lo or minute >= self.hi:
+                counts[3] += 1
+            elif found is None:
+                counts[1] += 1
+            else:
+                counts[0] += 1
+                self._add(minute, [stamp[19:21]], [found.group(1)])
+            pos = nl + 1
+        return counts[0], counts[1], counts[2], counts[3]
+
+    def _add(self, minute: int, secs: list[bytes], ids: list[bytes]) -> None:
+        if minute != self.minute:
+            self.flush()
+            self.minute = minute
+        self.pending.append((secs, ids))
 
     def _ids_per_line(self, buf: bytes, pos: int, e: int, n: int) -> list[bytes]:
         """The first id of each of the ``n`` lines of ``buf[pos:e]``, b"" for a line without."""
@@ -339,15 +448,28 @@ class Analyser:
         """Fold the blocks of the current minute into each computer's first/last second."""
         if not self.pending:
             return
-        blocks = sorted(self.pending, key=_by_second)
+        if len(self.pending) == 1:
+            secs, ids = self.pending[0]
+        else:
+            secs = list(chain.from_iterable(block[0] for block in self.pending))
+            ids = list(chain.from_iterable(block[1] for block in self.pending))
         self.pending = []
         first: dict[bytes, bytes] = {}
         last: dict[bytes, bytes] = {}
-        for second, ids in blocks:
-            for comp in ids:
+        if secs == sorted(secs):
+            for second, comp in zip(secs, ids, strict=True):
                 if comp not in last:
                     first[comp] = second
                 last[comp] = second
+        else:  # lines written late
+            for second, comp in zip(secs, ids, strict=True):
+                earliest = first.get(comp)
+                if earliest is None:
+                    first[comp] = last[comp] = second
+                elif second < earliest:
+                    first[comp] = second
+                elif second > last[comp]:
+                    last[comp] = second
         last.pop(b"", None)
         day, idx = divmod(self.minute, DAY_MINUTES)
         maps = self.days.get(day)
@@ -574,10 +696,6 @@ def _parse_minute(key: bytes) -> int:
     offset = int(zh) * 60 + int(zm)
     minute = calendar.timegm((int(y), month, int(d), int(hh), int(mm), 0)) // 60
     return minute + offset if sign == b"-" else minute - offset
-
-
-def _by_second(block: tuple[bytes, list[bytes]]) -> bytes:
-    return block[0]
 
 
 def _fleet(computers: dict[str, dict]) -> dict:
