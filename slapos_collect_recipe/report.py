@@ -110,12 +110,14 @@ def consumption_journal(store: Store, day: str, computer_id: str) -> bytes:
     if memory is not None:
         _movement(transaction, "service_module/memory_used", "Used Memory (MiB)", computer_id, memory / MIB)
     sums = store.day_partition_sums(day)
-    for part, (seen, cpu_sum, _) in sums.items():
+    if sums and not runs:
+        runs = store.day_user_runs(day)
+    for part, (cpu_sum, _) in sums.items():
         _movement(transaction, "service_module/cpu_load_percent",
-                  f"CPU Load Percent Average for {part} (%)", part, cpu_sum / (runs or seen))
-    for part, (seen, _, rss_sum) in sums.items():
+                  f"CPU Load Percent Average for {part} (%)", part, cpu_sum / runs)
+    for part, (_, rss_sum) in sums.items():
         _movement(transaction, "service_module/memory_used",
-                  f"Memory Used Average for {part} (MiB)", part, rss_sum / (runs or seen) / MIB)
+                  f"Memory Used Average for {part} (MiB)", part, rss_sum / runs / MIB)
     for part, disk_kib in store.day_folder_averages(day).items():
         if disk_kib is not None:
             _movement(transaction, "service_module/disk_used",

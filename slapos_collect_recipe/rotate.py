@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import logging
 import os
 import re
@@ -39,7 +40,9 @@ import shutil
 import sys
 import tarfile
 import time
-from collections.abc import Iterable, Iterator
+import zlib
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -56,8 +59,11 @@ PENDING_KEY = "rotate.pending"
 GZIP_LEVEL = 1
 DAY_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 LOCK_WAIT = 120.0
+# Dumps: rows formatted, written and compressed at a time.
+CHUNK_ROWS = 10000
 # Tests only: make rotate stop at a named point (so that it can be killed there).
 PAUSE_ENV = "SLAPOS_COLLECT_TEST_PAUSE"
+SPOOL = ".rotate.spool"
 
 
 @dataclass
@@ -105,15 +111,6 @@ class Progress:
                           f"{self.day} {table} {done:,} rows\x1b[K")
         self.stream.flush()
 
-    def counted(self, rows: Iterable, table: str, total: int) -> Iterator:
-        done = 0
-        for row in rows:
-            done += 1
-            if not done & 0xFFFF:
-                self.draw(table, done, total)
-            yield row
-        self.draw(table, done, total, force=True)
-
     def close(self) -> None:
         self.stream.write("\n")
         self.stream.flush()
@@ -131,40 +128,155 @@ def archive_name(data_dir: Path, day: str) -> str:
     return name
 
 
-def dump_day(store: Store, data_dir: Path, day: str, limits: dict[str, int],
+class ArchiveWriter:
+    """A ``.tar.gz`` written as a series of gzip members (one stream, as
+    gzip, tar and Python read it), so that the dump threads compress their
+    own slices in parallel and the archive is built while the CSVs are written.
+
+    A tar header needs its file's size first: a file's compressed slices wait
+    in a spool file until the file is complete, then follow its header."""
+
+    def __init__(self, path: Path, spool: Path, level: int = GZIP_LEVEL) -> None:
+        self.level = level
+        self.raw = open(path, "wb")
+        self.spool_path = spool
+        self.spool = open(spool, "w+b")
+        self.offset = 0  # uncompressed tar bytes so far
+        self.file_size = 0
+        self.mtime = int(time.time())
+
+    def compress(self, data: bytes) -> bytes:
+        return gzip_member(data, self.level)
+
+    def _emit(self, data: bytes) -> None:
+        if data:
+            self.raw.write(self.compress(data))
+            self.offset += len(data)
+
+    def _header(self, name: str, kind: bytes, size: int, mode: int) -> bytes:
+        info = tarfile.TarInfo(name)
+        info.type, info.size, info.mode, info.mtime = kind, size, mode, self.mtime
+        info.uid, info.gid = os.getuid(), os.getgid()
+        return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+    def add_dir(self, name: str) -> None:
+        self._emit(self._header(name, tarfile.DIRTYPE, 0, 0o755))
+
+    def start_file(self) -> None:
+        self.spool.seek(0)
+        self.spool.truncate()
+        self.file_size = 0
+
+    def file_data(self, size: int, compressed: bytes) -> None:
+        """Append ``size`` bytes to the current file, given as a gzip member."""
+        self.spool.write(compressed)
+        self.file_size += size
+
+    def end_file(self, name: str) -> None:
+        self._emit(self._header(name, tarfile.REGTYPE, self.file_size, 0o644))
+        self.spool.flush()
+        self.spool.seek(0)
+        shutil.copyfileobj(self.spool, self.raw, 1 << 20)
+        self.offset += self.file_size
+        self._emit(b"\0" * (-self.file_size % tarfile.BLOCKSIZE))
+
+    def close(self) -> None:
+        """End of archive (two zero blocks, padded to a record), fsynced."""
+        end = tarfile.BLOCKSIZE * 2
+        self._emit(b"\0" * (end + (-(self.offset + end) % tarfile.RECORDSIZE)))
+        self.raw.flush()
+        os.fsync(self.raw.fileno())
+        self.raw.close()
+        self.discard()
+
+    def discard(self) -> None:
+        if not self.raw.closed:
+            self.raw.close()
+        self.spool.close()
+        self.spool_path.unlink(missing_ok=True)
+
+
+def gzip_member(data: bytes, level: int = GZIP_LEVEL) -> bytes:
+    compressor = zlib.compressobj(level, zlib.DEFLATED, 31)  # 31: gzip framing
+    return compressor.compress(data) + compressor.flush()
+
+
+def _dump_table(store: Store, pool: ThreadPoolExecutor, handle, archive: ArchiveWriter, table: str,
+                day: str, limit: int, progress: Progress | None) -> int:
+    """Stream one table's unreported rows of the day into the CSV and the archive.
+
+    Rows are formatted by ``csv.writer`` here, CHUNK_ROWS at a time (the
+    cheapest in CPU); each chunk is compressed by the worker thread while
+    the next one is formatted."""
+    total = store.count_unreported(table, day) if progress is not None else 0
+    cursor = store.dump_rows(table, day, limit)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    queue: deque[tuple[int, Future]] = deque()
+    rows = 0
+    while batch := cursor.fetchmany(CHUNK_ROWS):
+        writer.writerows(batch)
+        data = buffer.getvalue().encode("utf-8")
+        buffer.seek(0)
+        buffer.truncate()
+        handle.write(data)
+        queue.append((len(data), pool.submit(gzip_member, data, archive.level)))
+        while len(queue) > 2:
+            size, future = queue.popleft()
+            archive.file_data(size, future.result())
+        rows += len(batch)
+        if progress is not None:
+            progress.draw(table, rows, total)
+    while queue:
+        size, future = queue.popleft()
+        archive.file_data(size, future.result())
+    if progress is not None:
+        progress.draw(table, rows, total, force=True)
+    return rows
+
+
+def dump_day(store: Store, data_dir: Path, day: str, limits: dict[str, int], archive_tmp: Path,
              progress: Progress | None = None) -> Path:
-    """Write ``<day>/dump_<table>.csv`` for every table (header, then the rows)."""
+    """Write ``<day>/dump_<table>.csv`` for every table (header, then the
+    rows) and, from the same bytes, the archive ``archive_tmp`` (fsynced):
+    members ``<day>/`` and ``<day>/dump_<table>.csv``.
+
+    Memory stays bounded: at most three chunks of CHUNK_ROWS rows are held."""
     folder = data_dir / day
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(mode=0o755)
-    for table in TABLES:
-        with open(folder / f"dump_{table}.csv", "w", newline="", encoding="utf-8",
-                  buffering=1 << 20) as handle:
-            writer = csv.writer(handle)
-            writer.writerow(columns(table))
-            if table in limits:
-                rows: Iterable = store.dump_rows(table, day, limits[table])
-                if progress is not None:
-                    rows = progress.counted(rows, table, store.count_unreported(table, day))
-                writer.writerows(rows)
-        _pause(f"dumped-{table}")
+    archive = ArchiveWriter(archive_tmp, data_dir / SPOOL)
+    try:
+        archive.add_dir(day)
+        with ThreadPoolExecutor(1, thread_name_prefix="gzip") as pool:
+            for table in TABLES:
+                archive.start_file()
+                with open(folder / f"dump_{table}.csv", "wb", buffering=1 << 20) as handle:
+                    header = (",".join(columns(table)) + "\r\n").encode()
+                    handle.write(header)
+                    archive.file_data(len(header), archive.compress(header))
+                    if table in limits:
+                        _dump_table(store, pool, handle, archive, table, day, limits[table], progress)
+                archive.end_file(f"{day}/dump_{table}.csv")
+                _pause(f"dumped-{table}")
+        archive.close()
+    finally:
+        archive.discard()
     return folder
 
 
-def pack(data_dir: Path, day: str, name: str) -> Path:
-    """Pack ``<day>/`` into the temp file ``.<name>.tmp``, fsynced."""
-    tmp = data_dir / f".{name}.tmp"
-    folder = data_dir / day
-    with open(tmp, "wb") as raw:
-        with tarfile.open(name=name, mode="w:gz", fileobj=raw, compresslevel=GZIP_LEVEL,
-                          copybufsize=1 << 20) as tar:
-            tar.add(folder, arcname=day, recursive=False)
-            for table in TABLES:
-                tar.add(folder / f"dump_{table}.csv", arcname=f"{day}/dump_{table}.csv")
-        raw.flush()
-        os.fsync(raw.fileno())
-    return tmp
+def _link_new(tmp: Path, final: Path) -> None:
+    """Give ``tmp`` the name ``final``, never replacing an existing file."""
+    try:
+        os.link(tmp, final)
+    except FileExistsError:
+        raise
+    except OSError:
+        # A file system without hard links: we hold the lock, so check, then rename.
+        if final.exists():
+            raise FileExistsError(17, "File exists", str(final)) from None
+        os.rename(tmp, final)
 
 
 def _finish(store: Store, day: str, limits: dict[str, int]) -> int:
@@ -181,19 +293,19 @@ def rotate_day(store: Store, settings: config.CollectSettings, day: str, result:
     if not limits:
         return
     name = archive_name(data_dir, day)
-    dump_day(store, data_dir, day, limits, progress)
-    tmp = pack(data_dir, day, name)
+    tmp = data_dir / f".{name}.tmp"
+    dump_day(store, data_dir, day, limits, tmp, progress)
     _pause("packed")
     with store.transaction():
         store.set_state(PENDING_KEY, {"day": day, "archive": name, "limits": limits})
     _pause("pending")
     try:
-        os.link(tmp, data_dir / name)  # never over an existing file
-    except OSError:
+        _link_new(tmp, data_dir / name)
+    except OSError as exc:
         with store.transaction():
             store.set_state(PENDING_KEY, None)
-        raise CollectError(f"cannot create {data_dir / name}; not overwriting anything") from None
-    tmp.unlink()
+        raise CollectError(f"cannot create {data_dir / name}: {exc.strerror or exc}") from None
+    tmp.unlink(missing_ok=True)
     report.fsync_dir(data_dir)
     _pause("linked")
     written = report.write_consumption_report(store, data_dir, day, settings.computer_id)
@@ -209,7 +321,7 @@ def rotate_day(store: Store, settings: config.CollectSettings, day: str, result:
 
 # -- the whole job -----------------------------------------------------------------
 
-def recover(store: Store, data_dir: Path) -> str | None:
+def recover(store: Store, data_dir: Path, computer_id: str = "") -> str | None:
     """Finish or drop what a killed run left; remove its temp files and folders."""
     outcome = None
     pending = store.get_state(PENDING_KEY)
@@ -217,6 +329,7 @@ def recover(store: Store, data_dir: Path) -> str | None:
         archive = data_dir / pending["archive"]
         if archive.is_file():
             report.fsync_dir(data_dir)
+            report.write_consumption_report(store, data_dir, pending["day"], computer_id)
             _finish(store, pending["day"], {t: int(v) for t, v in pending["limits"].items()})
             outcome = f"completed {pending['archive']}"
         else:
@@ -226,7 +339,7 @@ def recover(store: Store, data_dir: Path) -> str | None:
         log.warning("rotate: a previous run was interrupted: %s", outcome)
     with os.scandir(data_dir) as entries:
         for entry in entries:
-            if entry.name.startswith(".") and entry.name.endswith(".tar.gz.tmp"):
+            if entry.name.startswith(".") and entry.name.endswith(".tar.gz.tmp") or entry.name == SPOOL:
                 os.unlink(entry.path)
             elif DAY_RE.match(entry.name) and entry.is_dir(follow_symlinks=False):
                 shutil.rmtree(entry.path)
@@ -247,7 +360,7 @@ def rotate(store: Store, settings: config.CollectSettings, progress: bool = Fals
     reports. Cheap when there is nothing to do. Call with the collect lock held."""
     data_dir = Path(settings.data_dir)
     result = RotateResult()
-    result.recovered = recover(store, data_dir)
+    result.recovered = recover(store, data_dir, settings.computer_id)
     today = today_utc()
     days = [d for d in store.unreported_days(today) if DAY_RE.match(d)]
     bar = Progress(len(days)) if progress and days else None

@@ -441,15 +441,19 @@ class Store:
         ).fetchone()
         return runs, cpu, memory
 
-    def day_partition_sums(self, day: str) -> dict[str, tuple[int, float, float]]:
-        """``partition -> (runs seen, sum of cpu_percent, sum of memory_rss)`` over a day."""
+    def day_partition_sums(self, day: str) -> dict[str, tuple[float, float]]:
+        """``partition -> (sum of cpu_percent, sum of memory_rss)`` over a day."""
         return {
-            part: (runs, cpu, rss) for part, runs, cpu, rss in self.db.execute(
-                'SELECT partition, count(DISTINCT time), total(cpu_percent), total(memory_rss) '
+            part: (cpu, rss) for part, cpu, rss in self.db.execute(
+                'SELECT partition, total(cpu_percent), total(memory_rss) '
                 'FROM "user" WHERE date = ? GROUP BY partition ORDER BY partition',
                 (day,),
             )
         }
+
+    def day_user_runs(self, day: str) -> int:
+        """How many distinct runs stamped a day's ``user`` rows."""
+        return self.db.execute('SELECT count(DISTINCT time) FROM "user" WHERE date = ?', (day,)).fetchone()[0]
 
     def day_folder_averages(self, day: str) -> dict[str, float]:
         """``partition -> average disk_used`` (KiB) over a day's folder rows."""

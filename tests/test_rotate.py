@@ -115,6 +115,32 @@ def test_rotate_archives_every_past_day_and_marks_it(data_dir: Path) -> None:
     assert not (data_dir / f"{rotate.today_utc()}.tar.gz").exists()
 
 
+def test_archives_read_with_gzip_and_gnu_tar(data_dir: Path, tmp_path: Path) -> None:
+    """The archive is a series of gzip members (slices compressed as they are
+    dumped): the standard tools read it like any .tar.gz."""
+    day = days_ago(1)
+    with Store(data_dir / DB_NAME) as store:
+        count = fill_day(store, day, runs=30, processes=400)  # several slices of user rows
+    assert count > 2 * rotate.CHUNK_ROWS
+    run_cli("rotate", "--data-dir", str(data_dir), check=True)
+    archive = data_dir / f"{day}.tar.gz"
+    subprocess.run(["gzip", "-t", str(archive)], check=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    listing = subprocess.run(["tar", "-tzvf", str(archive)], check=True, capture_output=True, text=True).stdout
+    assert listing.splitlines()[0].startswith("d") and listing.splitlines()[0].endswith(f" {day}/")
+    subprocess.run(["tar", "-xzf", str(archive), "-C", str(out)], check=True)
+    assert sorted(p.name for p in (out / day).iterdir()) == sorted(f"dump_{t}.csv" for t in TABLES)
+    with tarfile.open(archive) as tar:
+        for table in TABLES:
+            assert (out / day / f"dump_{table}.csv").read_bytes() == tar.extractfile(
+                f"{day}/dump_{table}.csv").read()
+    with open(out / day / "dump_user.csv", newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == columns("user")
+    assert sorted(tuple(r[:-1]) for r in rows[1:]) == sorted(_all_rows(data_dir, "user"))
+
+
 def test_rotate_twice_changes_nothing(data_dir: Path) -> None:
     with Store(data_dir / DB_NAME) as store:
         fill_day(store, days_ago(1))
@@ -218,6 +244,7 @@ def test_kill_9_at_any_point_loses_nothing(data_dir: Path, point: str) -> None:
     assert sum(db_rows(data_dir, "reported = 0").values()) == 0
     assert sorted(p.name for p in data_dir.glob("*.tar.gz")) == [f"{d}.tar.gz" for d in days]
     assert not [p for p in data_dir.iterdir() if p.name.endswith(".tmp") or p.is_dir() and p.name in days]
+    assert sorted(p.name for p in (data_dir / "consumption-report").iterdir()) == [f"{d}.xml" for d in days]
     with Store(data_dir / DB_NAME) as store:
         assert store.get_state(rotate.PENDING_KEY) is None
 

@@ -1,0 +1,312 @@
+"""Dump and archive one day of 1,000 processes sampled every minute (1.44 M
+``user`` rows), side by side with the original slapos.core dumper on a copy of
+the same database; gzip levels; and the cost of today's CSVs per run at 23:59
+against 00:01.
+
+Every measured job runs in its own child process (this parent never loads the
+data), so ``os.wait4`` gives each one's own wall time and peak RSS. The
+original runs from a venv made here from /usr/bin/python3.11 with
+slapos.core==1.25.0 (cached under $SLAPOS_COLLECT_BENCH_CACHE, default
+/var/tmp/slapos-collect-bench; never committed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from datetime import date, timedelta
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+import results  # noqa: E402
+
+CACHE = Path(os.environ.get("SLAPOS_COLLECT_BENCH_CACHE", "/var/tmp/slapos-collect-bench"))
+ORIGINAL_VENV = CACHE / "orig-venv"
+ORIGINAL_PINS = ["slapos.core==1.25.0", "setuptools<81", "slapos.libnetworkcache"]
+PROCESSES = 1000
+RUNS = 1440
+
+ORIGINAL_DUMP = """
+import json, sys, time
+from slapos.collect.db import Database
+from slapos.collect.reporter import RawCSVDumper, compressLogFolder
+folder = sys.argv[1]
+t0 = time.perf_counter()
+RawCSVDumper(Database(folder)).dump(folder)
+t1 = time.perf_counter()
+compressLogFolder(folder)
+t2 = time.perf_counter()
+print(json.dumps({"csv": t1 - t0, "gzip": t2 - t1}))
+"""
+
+ORIGINAL_REALTIME = """
+import json, sys, time
+from slapos.collect.db import Database
+from slapos.collect.reporter import SystemCSVReporterDumper
+folder = sys.argv[1]
+t0 = time.perf_counter()
+SystemCSVReporterDumper(Database(folder)).dump(folder)
+print(json.dumps({"publish": time.perf_counter() - t0}))
+"""
+
+
+def original_python() -> Path:
+    python = ORIGINAL_VENV / "bin" / "python"
+    stamp = ORIGINAL_VENV / ".installed"
+    if not stamp.exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["/usr/bin/python3.11", "-m", "venv", str(ORIGINAL_VENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *ORIGINAL_PINS], check=True)
+        stamp.touch()
+    return python
+
+
+def run_child(argv: list[str], cwd: Path | None = None) -> tuple[float, float, dict]:
+    """Run one child; returns (wall seconds, peak RSS MB, its JSON output)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, cwd=cwd)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.stdout.close()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{argv[:3]} failed")
+    return wall, usage.ru_maxrss / 1024.0, json.loads(out or b"{}")
+
+
+def me(*args: str) -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve()), *args]
+
+
+# -- children ----------------------------------------------------------------------
+
+def build(path: str, day: str) -> None:
+    """One day: 1,000 processes in 10 partitions, system, 2 disks, every minute."""
+    from slapos_collect_recipe.store import Store
+
+    store = Store(path)
+    with store.transaction():
+        for run in range(RUNS):
+            stamp = f"{run // 60:02d}:{run % 60:02d}:00"
+            store.insert("user", [
+                (f"slapuser{p % 10}", 10000 + p, f"{10000 + p}-1700000000.{p % 100:02d}", (p * 7 + run) % 100 / 3.0,
+                 123.45 + run * 0.6 + p, 1 + p % 8, 0.01 * (p % 50), 1048576.0 * (1 + p % 64),
+                 4096.0 * run * (1 + p % 5), 10.0 * run + p)
+                for p in range(PROCESSES)], day, stamp)
+            store.insert("system", [(0.5 + run % 7 / 10, 12.5 + run % 40, 6.2e9 + run * 1e5, 1.8e10 - run * 1e5,
+                                     1.5e6 * run, 0, run // 100, 9.1e5 * run, 0, 0)], day, stamp)
+            store.insert("disk", [("/dev/sda1", str(1.2e11 + run * 1e6), str(3.8e11 - run * 1e6), "/"),
+                                  ("/dev/sdb1", str(2.0e11), str(8.0e11), "/srv")], day, stamp)
+            if run % 60 == 0:
+                store.insert("computer", [(2, 2.4e9, "x86_64", 2.4e10, "", "/dev/sda1=5e11")], day, stamp)
+        store.insert("folder", [(f"slapuser{p}", 1024.0 * 1024 * (p + 1)) for p in range(10)], day, "00:00:00")
+    store.checkpoint()
+    store.close()
+
+
+def ours(folder: str) -> None:
+    """Our rotation (dump, archive, report, mark), phases timed."""
+    from slapos_collect_recipe import config, rotate
+    from slapos_collect_recipe.store import DB_NAME, Store
+
+    times = {"csv": 0.0, "report": 0.0, "mark": 0.0, "checkpoint": 0.0}
+
+    def timed(name, function):
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                times[name] += time.perf_counter() - start
+        return wrapper
+
+    rotate.dump_day = timed("csv", rotate.dump_day)
+    rotate._finish = timed("mark", rotate._finish)
+    rotate.report.write_consumption_report = timed("report", rotate.report.write_consumption_report)
+    Store.checkpoint = timed("checkpoint", Store.checkpoint)
+    data_dir = Path(folder)
+    settings = config.CollectSettings(data_dir=data_dir, partitions=[], keep_days=100000, computer_id="BENCH")
+    with Store(data_dir / DB_NAME) as store:
+        result = rotate.rotate(store, settings)
+    assert len(result.archives) == 1, result
+    print(json.dumps(times))
+
+
+def levels(folder: str, day: str) -> None:
+    """The day's CSVs compressed at several gzip levels, one core: time and size."""
+    from slapos_collect_recipe import rotate
+    from slapos_collect_recipe.store import DB_NAME, Store
+
+    data_dir = Path(folder)
+    with Store(data_dir / DB_NAME) as store:
+        tmp = data_dir / ".levels.tmp"
+        rotate.dump_day(store, data_dir, day, store.unreported_limits(day), tmp)
+        tmp.unlink()
+    files = sorted((data_dir / day).iterdir())
+    out = {"csv_bytes": sum(p.stat().st_size for p in files)}
+    for level in (1, 6, 9):
+        start = time.perf_counter()
+        size = 0
+        for path in files:
+            with open(path, "rb") as handle:
+                while chunk := handle.read(1 << 21):
+                    size += len(rotate.gzip_member(chunk, level))
+        out[str(level)] = (time.perf_counter() - start, size)
+    print(json.dumps(out))
+
+
+def realtime_costs(folder: str) -> None:
+    """Publish each run of a whole day and the next day's first runs; time each publish."""
+    from slapos_collect_recipe import realtime
+    from slapos_collect_recipe.store import DB_NAME, Store
+
+    data_dir = Path(folder)
+    day, next_day = "2026-01-01", "2026-01-02"
+    samples: dict[str, float] = {}
+    with Store(data_dir / DB_NAME) as store:
+        for d, count in ((day, RUNS), (next_day, 11)):
+            for run in range(count):
+                stamp = f"{run // 60:02d}:{run % 60:02d}:00"
+                with store.transaction():
+                    store.insert("system", [(0.5, 12.5, 6e9, 1e10, 1e6 * run, 0, 0, 1e6 * run, 0, 0)], d, stamp)
+                    store.insert("disk", [("/dev/sda1", "1e11", "2e11", "/"), ("/dev/sdb1", "1e11", "2e11", "/srv")],
+                                 d, stamp)
+                start = time.perf_counter()
+                realtime.publish(store, data_dir)
+                samples[f"{d} {stamp}"] = time.perf_counter() - start
+    def median(keys):
+        values = sorted(samples[k] for k in keys)
+        return values[len(values) // 2]
+    print(json.dumps({
+        "23:50-23:59": median([f"{day} 23:{m:02d}:00" for m in range(50, 60)]),
+        "00:00": samples[f"{next_day} 00:00:00"],
+        "00:01-00:10": median([f"{next_day} 00:{m:02d}:00" for m in range(1, 11)]),
+    }))
+
+
+def original_realtime_db(folder: Path, runs: int) -> None:
+    """Today's system and disk rows (the original publishes today's, by the clock)."""
+    from slapos_collect_recipe.store import DB_NAME, Store
+
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    folder.mkdir(parents=True, exist_ok=True)
+    with Store(folder / DB_NAME) as store, store.transaction():
+        for run in range(runs):
+            stamp = f"{run // 60:02d}:{run % 60:02d}:00"
+            store.insert("system", [(0.5, 12.5, 6e9, 1e10, 1e6 * run, 0, 0, 1e6 * run, 0, 0)], today, stamp)
+            store.insert("disk", [("/dev/sda1", "1e11", "2e11", "/"), ("/dev/sdb1", "1e11", "2e11", "/srv")],
+                         today, stamp)
+
+
+# -- the parent ------------------------------------------------------------------------
+
+def main() -> int:
+    python = original_python()
+    work = CACHE / "rotate"
+    day = (date.fromisoformat(time.strftime("%Y-%m-%d", time.gmtime())) - timedelta(days=1)).isoformat()
+    source = CACHE / f"day-{PROCESSES}x{RUNS}.db"
+    source_day = CACHE / f"day-{PROCESSES}x{RUNS}.day"
+    if not source.exists() or not source_day.exists():
+        print(f"building {PROCESSES * RUNS:,} user rows...", flush=True)
+        for stale in (source, source_day):
+            stale.unlink(missing_ok=True)
+        subprocess.run(me("--build", str(source) + ".new", day), check=True)
+        os.replace(str(source) + ".new", source)
+        source_day.write_text(day)
+    day = source_day.read_text().strip()
+    shutil.rmtree(work, ignore_errors=True)
+    dirs = {name: work / name for name in ("original", "ours", "levels")}
+    for folder in dirs.values():
+        folder.mkdir(parents=True)
+        shutil.copyfile(source, folder / "collector.db")
+
+    # The original dumps every table by date: drop our key-value table from its copy.
+    db = sqlite3.connect(dirs["original"] / "collector.db")
+    db.execute("DROP TABLE collect_state")
+    db.commit()
+    db.close()
+    print("original dumper...", flush=True)
+    o_wall, o_rss, o_times = run_child([str(python), "-c", ORIGINAL_DUMP, str(dirs["original"])], cwd=work)
+    print("ours...", flush=True)
+    m_wall, m_rss, m_times = run_child(me("--ours", str(dirs["ours"])))
+    o_size = (dirs["original"] / f"{day}.tar.gz").stat().st_size
+    m_size = (dirs["ours"] / f"{day}.tar.gz").stat().st_size
+    print("gzip levels...", flush=True)
+    _, _, lv = run_child(me("--levels", str(dirs["levels"]), day))
+    print("today's CSVs...", flush=True)
+    rt_dir = work / "realtime"
+    rt_dir.mkdir()
+    _, _, rt = run_child(me("--realtime", str(rt_dir)))
+    orig_rt = {}
+    for label, runs in (("00:01", 2), ("23:59", 1440)):
+        folder = work / f"original-realtime-{runs}"
+        subprocess.run(me("--original-realtime-db", str(folder), str(runs)), check=True)
+        walls = [run_child([str(python), "-c", ORIGINAL_REALTIME, str(folder)])[2]["publish"] for _ in range(3)]
+        orig_rt[label] = sorted(walls)[1]
+    shutil.rmtree(work, ignore_errors=True)
+
+    ms = 1000.0
+    md = [
+        f"One day of {PROCESSES:,} processes every minute ({PROCESSES * RUNS:,} `user` rows, "
+        f"{lv['csv_bytes'] / 1e6:.0f} MB of CSV): dump, archive and mark, each in its own process on a copy of "
+        "the same database.\n",
+        results.table(
+            ["", "wall", "CSV", "gzip", "mark + report", "peak RSS", "archive"],
+            [
+                ["original (slapos.core 1.25.0, gzip 9)", f"{o_wall:.1f} s", f"{o_times['csv']:.1f} s",
+                 f"{o_times['gzip']:.1f} s", "(in CSV)", f"{o_rss:.0f} MB", f"{o_size / 1e6:.1f} MB"],
+                [f"slapos-collect rotate (gzip {_our_level()})", f"{m_wall:.1f} s", f"{m_times['csv']:.1f} s",
+                 f"{m_times['gzip']:.1f} s", f"{m_times['mark']:.1f} s", f"{m_rss:.0f} MB",
+                 f"{m_size / 1e6:.1f} MB"],
+            ]),
+        f"\n**{o_wall / m_wall:.1f}x faster** than the original (target >= 3x); peak RSS {m_rss:.0f} MB "
+        "(target < 64 MB). Ours writes a header row per CSV and marks only the rows it dumped.\n",
+        "\nThe same dumped day packed at several gzip levels (tarfile, one core):\n",
+        results.table(["gzip level", "time", "archive"], [
+            [level, f"{lv[level][0]:.1f} s", f"{lv[level][1] / 1e6:.1f} MB"] for level in ("1", "6", "9")]),
+        "\nToday's CSVs, cost of one run's publish (median of 10 runs) late in the day against just after "
+        "the day change (flat is the goal):\n",
+        results.table(["", "23:50-23:59", "00:00 (day change)", "00:01-00:10"], [
+            ["slapos-collect (append one line per file)", f"{rt['23:50-23:59'] * ms:.2f} ms",
+             f"{rt['00:00'] * ms:.2f} ms", f"{rt['00:01-00:10'] * ms:.2f} ms"],
+            ["original (SystemCSVReporterDumper: rebuilds the day)", f"{orig_rt['23:59'] * ms:.0f} ms", "",
+             f"{orig_rt['00:01'] * ms:.0f} ms"],
+        ]),
+    ]
+    markdown = "\n".join(md)
+    print(markdown)
+    results.write_section("rotate", markdown)
+    return 0
+
+
+def _our_level() -> int:
+    from slapos_collect_recipe import rotate
+
+    return rotate.GZIP_LEVEL
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1].startswith("--"):
+        mode, args = sys.argv[1], sys.argv[2:]
+        if mode == "--build":
+            build(*args)
+        elif mode == "--ours":
+            ours(*args)
+        elif mode == "--levels":
+            levels(*args)
+        elif mode == "--realtime":
+            realtime_costs(*args)
+        elif mode == "--original-realtime-db":
+            original_realtime_db(Path(args[0]), int(args[1]))
+        else:
+            raise SystemExit(f"unknown mode {mode}")
+        sys.exit(0)
+    sys.exit(main())
