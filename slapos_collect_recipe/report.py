@@ -126,15 +126,31 @@ def consumption_journal(store: Store, day: str, computer_id: str) -> bytes:
     return ("<?xml version='1.0' encoding='utf-8'?>" + body).encode("utf-8")
 
 
-def write_consumption_report(store: Store, data_dir: Path, day: str, computer_id: str) -> Path | None:
-    """``<data-dir>/consumption-report/<day>.xml``, unless it (or its
-    ``.uploaded`` mark) is already there. Returns the path written, or None."""
-    folder = Path(data_dir) / REPORT_DIR
-    path = folder / f"{day}.xml"
+def report_path(data_dir: Path, day: str) -> Path | None:
+    """Where the day's journal goes, or None when it (or its ``.uploaded``
+    mark) is already there: a journal is never rebuilt."""
+    path = Path(data_dir) / REPORT_DIR / f"{day}.xml"
     if path.exists() or path.with_name(path.name + ".uploaded").exists():
         return None
-    folder.mkdir(mode=0o755, exist_ok=True)
-    write_atomic(path, consumption_journal(store, day, computer_id))
+    return path
+
+
+def journal_from(path: Path, day: str, computer_id: str) -> bytes:
+    """The journal computed through its own read-only connection (so that it
+    can run in a thread while the day is dumped)."""
+    with Store(path, readonly=True) as reader:
+        return consumption_journal(reader, day, computer_id)
+
+
+def write_consumption_report(store: Store, data_dir: Path, day: str, computer_id: str,
+                             journal: bytes | None = None) -> Path | None:
+    """``<data-dir>/consumption-report/<day>.xml`` (atomic), unless it is
+    already there. Returns the path written, or None."""
+    path = report_path(data_dir, day)
+    if path is None:
+        return None
+    path.parent.mkdir(mode=0o755, exist_ok=True)
+    write_atomic(path, journal if journal is not None else consumption_journal(store, day, computer_id))
     return path
 
 

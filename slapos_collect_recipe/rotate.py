@@ -294,7 +294,13 @@ def rotate_day(store: Store, settings: config.CollectSettings, day: str, result:
         return
     name = archive_name(data_dir, day)
     tmp = data_dir / f".{name}.tmp"
-    dump_day(store, data_dir, day, limits, tmp, progress)
+    # The day's journal is computed on the side, while the day is dumped.
+    with ThreadPoolExecutor(1, thread_name_prefix="report") as side:
+        journal = None
+        if report.report_path(data_dir, day) is not None:
+            journal = side.submit(report.journal_from, store.path, day, settings.computer_id)
+        dump_day(store, data_dir, day, limits, tmp, progress)
+        journal_bytes = journal.result() if journal is not None else None
     _pause("packed")
     with store.transaction():
         store.set_state(PENDING_KEY, {"day": day, "archive": name, "limits": limits})
@@ -308,7 +314,7 @@ def rotate_day(store: Store, settings: config.CollectSettings, day: str, result:
     tmp.unlink(missing_ok=True)
     report.fsync_dir(data_dir)
     _pause("linked")
-    written = report.write_consumption_report(store, data_dir, day, settings.computer_id)
+    written = report.write_consumption_report(store, data_dir, day, settings.computer_id, journal_bytes)
     if written:
         result.reports.append(written)
     result.rows_reported += _finish(store, day, limits)
