@@ -980,7 +980,7 @@ async def serve(settings: ServeSettings, sockets: list[socket.socket], context: 
 
 def run(args: argparse.Namespace) -> int:
     settings = serve_settings(args)
-    setup_logging(settings.log_file)
+    setup_logging(settings.log_file, long_running=True)
     for name, level in (("aiohttp", logging.WARNING), ("asyncio", logging.ERROR)):
         # asyncio warns "socket.send() raised exception." for every TLS record
         # still queued when a client goes away: normal for a file server.
