@@ -63,8 +63,19 @@ def _parts(members: list[tuple[str, str]]) -> list[str]:
     return parts
 
 
-def generate(path: Path, lines: int) -> int:
-    """Write ``lines`` combined-format lines: per second, one join of precomputed parts."""
+def late_by(n: int) -> int:
+    """Seconds late the lines of computer n are written: Apache stamps a request when it
+    starts and writes it when it ends (1 in 13 computers 1-3 s, two of them 59 s)."""
+    if n % 250 == 7:
+        return 59
+    return 1 + n % 3 if n % 13 == 0 else 0
+
+
+def generate(path: Path, lines: int, late: bool = False) -> int:
+    """Write ``lines`` combined-format lines: per second, one join of precomputed parts.
+
+    With ``late``, the lines of some computers are written a few seconds after their stamp.
+    """
     groups: list[list[tuple[int, str, str]]] = [[] for _ in range(PERIOD)]
     for n in range(COMPUTERS):
         ip = f"10.{n // 250}.{n % 250}.{(n * 7) % 250 + 1}" if n % 5 else f"2001:db8::{n:x}"
@@ -72,7 +83,10 @@ def generate(path: Path, lines: int) -> int:
         suffix = (f' +0000] "GET /getFullComputerInformation?computer_id=COMP-{1000 + n} HTTP/1.1" '
                   f'200 {1500 + n} "-" "slapos-node/1.8 (python-requests)"\n')
         groups[(n * 7) % PERIOD].append((n, prefix, suffix))
+    delayed = [[m for m in g if late and late_by(m[0])] for g in groups]
+    groups = [[m for m in g if not (late and late_by(m[0]))] for g in groups]
     full = [(_parts([(p, s) for _, p, s in g]), len(g)) if g else ([], 0) for g in groups]
+    due: dict[int, list[str]] = {}
     written = 0
     t = START
     batch: list[str] = []
@@ -84,13 +98,21 @@ def generate(path: Path, lines: int) -> int:
                 members = [(p, s) for n, p, s in groups[t % PERIOD] if not any(a <= n < b for a, b in silent)]
                 members = members[: lines - written]
                 parts, count = (_parts(members), len(members)) if members else ([], 0)
+            stamp = time.strftime("%d/%b/%Y:%H:%M:%S", time.gmtime(t))
             if count:
-                batch.append(time.strftime("%d/%b/%Y:%H:%M:%S", time.gmtime(t)).join(parts))
+                batch.append(stamp.join(parts))
                 written += count
-                if len(batch) >= 2048:
-                    out.write("".join(batch))
-                    batch = []
+            for n, prefix, suffix in delayed[t % PERIOD]:
+                if written < lines and not any(a <= n < b for a, b, start, end in OUTAGES if start <= t < end):
+                    due.setdefault(t + late_by(n), []).append(prefix + stamp + suffix)
+                    written += 1
+            batch.extend(due.pop(t, ()))
+            if len(batch) >= 2048:
+                out.write("".join(batch))
+                batch = []
             t += 1
+        for key in sorted(due):
+            batch.extend(due[key])
         out.write("".join(batch))
     return written
 

@@ -36,8 +36,6 @@ import time
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
-from itertools import chain, compress, repeat
-from operator import not_
 from pathlib import Path
 
 from .errors import CollectError
@@ -52,6 +50,7 @@ CHUNK = 4 << 20
 MAX_LINE = 1 << 20
 DAY_MINUTES = 1440
 LOWEST = 10
+_PENDING_MINUTES = 8  # minutes kept before folding (lines written late join them)
 MAX_DAYS = 366  # longest period reported (a stray stamp years away must not make a huge report)
 
 _MONTHS = {m.encode(): i for i, m in enumerate(
@@ -59,7 +58,6 @@ _MONTHS = {m.encode(): i for i, m in enumerate(
 # [dd/Mon/yyyy:HH:MM:SS +zzzz]: 28 bytes, the only part of a line that must parse.
 _MINUTE = re.compile(rb"\[(\d\d)/([A-Z][a-z][a-z])/(\d{4}):(\d\d):(\d\d): ([+-])(\d\d)(\d\d)\]")
 _STAMP_LEN = 28
-_STAMPS = re.compile(rb"(\[\d\d/[A-Z][a-z][a-z]/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}\])")
 _ZERO_RUNS = re.compile(rb"\x00+")
 _NONZERO = re.compile(rb"[^\x00]")
 # Stored per minute: 60 - first second (so that max() keeps the earliest) and last second + 1.
@@ -190,9 +188,8 @@ class Analyser:
         self.days: dict[int, dict[bytes, tuple[bytearray, bytearray]]] = {}
         self.stamps: dict[bytes, int] = {}  # stamp -> epoch minute (-1: invalid)
         self.minutes: dict[bytes, int] = {}  # stamp less its seconds -> epoch minute
-        self.minute = 0  # the minute of the pending blocks
-        self.pending: list[tuple[list[bytes], list[bytes]]] = []  # (seconds, ids) of that minute's lines
-        self.seconds: dict[bytes, re.Pattern] = {}  # zone -> regex of the seconds
+        # minute -> blocks of (second, ids) of its lines, not yet folded into the maps
+        self.pending: dict[int, list[tuple[bytes, list[bytes]]]] = {}
         self.window = 1 << 16
 
     # -- reading ---------------------------------------------------------------
@@ -266,15 +263,15 @@ class Analyser:
     def scan(self, buf: bytes, pos: int, end: int, st: FileStats) -> None:
         """Account for the whole lines of ``buf[pos:end]`` (``buf[end - 1]`` is a newline).
 
-        A block is a line and the following ones stamped within the same minute,
-        found with ``rfind`` and checked by counting: a line out of order across
-        minutes makes the search window shrink until the block is clean. Within
-        a block the seconds may come in any order (Apache stamps a request when
-        it starts and writes it when it ends).
+        A block is a line and the following ones with the same stamp (to the
+        second), found with ``rfind`` and checked by counting. A line out of
+        order (Apache stamps a request when it starts and writes it when it
+        ends) makes the search window shrink, down to single lines.
         """
         find, rfind, count = buf.find, buf.rfind, buf.count
         stamps = self.stamps
         findall = self.ids.findall
+        pending = self.pending
         lo, hi = self.lo, self.hi
         window = self.window
         lines = unparsable = outside = ignored = contacts = 0
@@ -295,53 +292,37 @@ class Analyser:
                 unparsable += 1
                 pos = nl + 1
                 continue
-            mk = stamp[:19]  # [dd/Mon/yyyy:HH:MM:
             lim = pos + window
-            p = rfind(mk, nl, lim if lim < end else end)
+            p = rfind(stamp, nl, lim if lim < end else end)
             if p < 0:
                 e, n = nl + 1, 1
             else:
                 e = find(b"\n", p, end) + 1
                 n = count(b"\n", pos, e)
-                if count(mk, pos, e) != n:
-                    # Lines of other minutes in between (written late, or garbage).
-                    counts = self._mixed(buf, pos, e, n, stamp, minute)
-                    lines += n
-                    contacts += counts[0]
-                    ignored += counts[1]
-                    unparsable += counts[2]
-                    outside += counts[3]
-                    pos = e
+                if count(stamp, pos, e) != n:
+                    # Halve the window, and at least leave out the last line found.
+                    window = min((e - pos) // 2, rfind(b"\n", pos, p) + 1 - pos)
                     continue
             lines += n
             window = (e - pos) * 3 // 2 + 1024
             if minute < lo or minute >= hi:
                 outside += n
-                pos = e
-                continue
-            ids = findall(buf, pos, e)
-            if not ids:
-                ignored += n
-            elif n == 1:
-                contacts += 1
-                self._add(minute, [stamp[19:21]], ids[:1])
             else:
-                # The seconds of every line; matching the zone too checks that
-                # all the lines of the block are in the same minute.
-                secs = self._seconds(stamp).findall(buf, pos, e)
-                if len(secs) != n:
-                    counts = self._mixed(buf, pos, e, n, stamp, minute)
-                    contacts += counts[0]
-                    ignored += counts[1]
-                    unparsable += counts[2]
-                    outside += counts[3]
+                ids = findall(buf, pos, e)
+                if not ids:
+                    ignored += n
                 else:
                     if len(ids) != n:
-                        ids = self._ids_per_line(buf, pos, e, n)
-                    found = n - ids.count(b"")
-                    contacts += found
-                    ignored += n - found
-                    self._add(minute, secs, ids)
+                        ids = ids[:1] if n == 1 else self._ids_per_line(buf, pos, e, n)
+                        found = n - ids.count(b"")
+                        contacts += found
+                        ignored += n - found
+                    else:
+                        contacts += n
+                    blocks = pending.get(minute)
+                    if blocks is None:
+                        blocks = self._new_minute(minute)
+                    blocks.append((stamp[19:21], ids))
             pos = e
         self.window = window
         st.lines += lines
@@ -350,92 +331,16 @@ class Analyser:
         st.ignored += ignored
         st.contacts += contacts
 
-    def _seconds(self, stamp: bytes) -> re.Pattern:
-        """The regex capturing the seconds of the stamps in the zone of ``stamp``."""
-        zone = stamp[21:]
-        rx = self.seconds.get(zone)
-        if rx is None:
-            rx = self.seconds[zone] = re.compile(rb":(\d\d)" + re.escape(zone))
-        return rx
+    def _new_minute(self, minute: int) -> list[tuple[bytes, list[bytes]]]:
+        """The pending blocks of a new minute; the oldest minutes are folded when there are many.
 
-    def _mixed(self, buf: bytes, pos: int, e: int, n: int, stamp: bytes, minute: int) -> tuple[int, int, int, int]:
-        """The ``n`` lines of ``buf[pos:e]``: mostly of ``minute`` (that of ``stamp``), a few of others.
-
-        The lines of ``minute`` go in bulk; the others (written late) one by one.
-        Returns (contacts, ignored, unparsable, outside_period).
+        A few minutes stay pending so that lines written late join theirs.
         """
-        stamps = _STAMPS.findall(buf, pos, e)
-        if len(stamps) != n:
-            return self._line_by_line(buf, pos, e)
-        ids = self.ids.findall(buf, pos, e)
-        if len(ids) != n:
-            ids = self._ids_per_line(buf, pos, e, n)
-        contacts = ignored = unparsable = outside = 0
-        if buf.count(stamp[21:], pos, e) == n:  # one zone: the minute is in the first 19 bytes
-            mine = list(map(bytes.startswith, stamps, repeat(stamp[:19])))
-            main = list(compress(ids, mine))
-            if minute < self.lo or minute >= self.hi:
-                outside += len(main)
-            else:
-                found = len(main) - main.count(b"")
-                contacts += found
-                ignored += len(main) - found
-                if found:
-                    self._add(minute, [s[19:21] for s in compress(stamps, mine)], main)
-            others = list(map(not_, mine))
-            stamps, ids = list(compress(stamps, others)), list(compress(ids, others))
-        groups: dict[int, tuple[list[bytes], list[bytes]]] = {}
-        for stamp_, comp in zip(stamps, ids, strict=True):
-            minute_ = self.stamps.get(stamp_)
-            if minute_ is None:
-                minute_ = self._parse_stamp(stamp_)
-            if minute_ < 0:
-                unparsable += 1
-            elif minute_ < self.lo or minute_ >= self.hi:
-                outside += 1
-            elif not comp:
-                ignored += 1
-            else:
-                contacts += 1
-                group = groups.get(minute_)
-                if group is None:
-                    group = groups[minute_] = ([], [])
-                group[0].append(stamp_[19:21])
-                group[1].append(comp)
-        for minute_, (secs, ids_) in groups.items():
-            self._add(minute_, secs, ids_)
-        return contacts, ignored, unparsable, outside
-
-    def _line_by_line(self, buf: bytes, pos: int, e: int) -> tuple[int, int, int, int]:
-        """Lines with no stamp or several among the others: one at a time (slow, rare)."""
-        counts = [0, 0, 0, 0]
-        while pos < e:
-            nl = buf.find(b"\n", pos, e)
-            m = _STAMPS.search(buf, pos, nl)
-            minute = -1
-            if m:
-                stamp = m.group(1)
-                minute = self.stamps.get(stamp)
-                if minute is None:
-                    minute = self._parse_stamp(stamp)
-            found = self.ids.search(buf, pos, nl)
-            if minute < 0:
-                counts[2] += 1
-            elif minute < self.lo or minute >= self.hi:
-                counts[3] += 1
-            elif found is None:
-                counts[1] += 1
-            else:
-                counts[0] += 1
-                self._add(minute, [stamp[19:21]], [found.group(1)])
-            pos = nl + 1
-        return counts[0], counts[1], counts[2], counts[3]
-
-    def _add(self, minute: int, secs: list[bytes], ids: list[bytes]) -> None:
-        if minute != self.minute:
-            self.flush()
-            self.minute = minute
-        self.pending.append((secs, ids))
+        if len(self.pending) >= _PENDING_MINUTES:
+            for old in sorted(self.pending)[:-_PENDING_MINUTES // 2]:
+                self._fold(old, self.pending.pop(old))
+        blocks = self.pending[minute] = []
+        return blocks
 
     def _ids_per_line(self, buf: bytes, pos: int, e: int, n: int) -> list[bytes]:
         """The first id of each of the ``n`` lines of ``buf[pos:e]``, b"" for a line without."""
@@ -445,33 +350,22 @@ class Analyser:
         return ids
 
     def flush(self) -> None:
-        """Fold the blocks of the current minute into each computer's first/last second."""
-        if not self.pending:
-            return
-        if len(self.pending) == 1:
-            secs, ids = self.pending[0]
-        else:
-            secs = list(chain.from_iterable(block[0] for block in self.pending))
-            ids = list(chain.from_iterable(block[1] for block in self.pending))
-        self.pending = []
+        """Fold every pending minute into the computers' maps."""
+        for minute in sorted(self.pending):
+            self._fold(minute, self.pending.pop(minute))
+
+    def _fold(self, minute: int, blocks: list[tuple[bytes, list[bytes]]]) -> None:
+        """Fold the blocks (second, ids) of ``minute`` into each computer's first/last second."""
+        blocks.sort(key=_by_second)
         first: dict[bytes, bytes] = {}
         last: dict[bytes, bytes] = {}
-        if secs == sorted(secs):
-            for second, comp in zip(secs, ids, strict=True):
+        for second, ids in blocks:
+            for comp in ids:
                 if comp not in last:
                     first[comp] = second
                 last[comp] = second
-        else:  # lines written late
-            for second, comp in zip(secs, ids, strict=True):
-                earliest = first.get(comp)
-                if earliest is None:
-                    first[comp] = last[comp] = second
-                elif second < earliest:
-                    first[comp] = second
-                elif second > last[comp]:
-                    last[comp] = second
         last.pop(b"", None)
-        day, idx = divmod(self.minute, DAY_MINUTES)
+        day, idx = divmod(minute, DAY_MINUTES)
         maps = self.days.get(day)
         if maps is None:
             maps = self.days[day] = {}
@@ -696,6 +590,10 @@ def _parse_minute(key: bytes) -> int:
     offset = int(zh) * 60 + int(zm)
     minute = calendar.timegm((int(y), month, int(d), int(hh), int(mm), 0)) // 60
     return minute + offset if sign == b"-" else minute - offset
+
+
+def _by_second(block: tuple[bytes, list[bytes]]) -> bytes:
+    return block[0]
 
 
 def _fleet(computers: dict[str, dict]) -> dict:

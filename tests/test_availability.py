@@ -446,22 +446,30 @@ def naive(contacts: dict[str, list[int]], gap: int, end: int) -> dict[str, dict]
     return result
 
 
-def random_fleet(seed: int) -> tuple[dict[str, list[int]], list[str]]:
+def random_fleet(seed: int, computers: int = 12, hours: int = 5,
+                 synchronised: bool = False) -> tuple[dict[str, list[int]], list[str]]:
+    """Computers calling with random periods and outages; a tenth of the lines written late.
+
+    ``synchronised``: every computer calls on the same seconds, so that many
+    lines share a stamp (and late lines share theirs).
+    """
     rng = random.Random(seed)
     contacts: dict[str, list[int]] = {}
     lines: list[tuple[int, str]] = []
-    for n in range(12):
+    for n in range(computers):
         comp = f"COMP-{n}"
         t = T0 + rng.randrange(0, 600)
         period = rng.choice((7, 20, 30, 45))
+        if synchronised:
+            t, period = T0 + rng.randrange(0, 10) * 20, 20
         times = []
-        while t < T0 + 5 * 3600:
+        while t < T0 + hours * 3600:
             times.append(t)
-            t += period + rng.randrange(0, 5)
+            t += period + (0 if synchronised else rng.randrange(0, 5))
             if rng.random() < 0.004:
                 t += rng.randrange(100, 2000)  # an outage, sometimes shorter than the gap
         contacts[comp] = times
-        tz = rng.choice((0, 0, 60, -300))
+        tz = 0 if synchronised else rng.choice((0, 0, 60, -300))
         lines += [(t, line(t, comp, ip=f"2001:db8::{n:x}" if n % 2 else f"10.1.0.{n}", tz=tz)) for t in times]
     lines.sort()
     # Clock skew: a tenth of the lines are written up to 90 s late.
@@ -490,6 +498,25 @@ def test_shuffled_skewed_lines_match_a_naive_reference(tmp_path, seed, monkeypat
     again = analyse([shuffled], gap=180)
     assert again["computers"] == doc["computers"]
     assert again["fleet"] == doc["fleet"]
+
+
+def test_many_identical_stamps_written_late(tmp_path):
+    """150 computers calling on the same seconds: late lines share stamps, blocks mix minutes."""
+    contacts, texts = random_fleet(11, computers=150, hours=1, synchronised=True)
+    garbage = range(len(texts) - 100, 0, -997)  # and some garbage
+    for at in garbage:
+        texts.insert(at, "[garbage] no stamp here\n" if at % 2 else "\n")
+    log = tmp_path / "access.log"
+    log.write_text("".join(texts))
+    end = max(max(times) for times in contacts.values())
+    doc = analyse([log], gap=180)
+    got = {comp: {k: info[k] for k in ("minutes_up", "minutes_expected", "outages")}
+           for comp, info in doc["computers"].items()}
+    assert got == naive(contacts, 180, end)
+    first_last = {comp: (info["first_contact"], info["last_contact"]) for comp, info in doc["computers"].items()}
+    assert first_last == {comp: (iso(min(times)), iso(max(times))) for comp, times in contacts.items()}
+    assert doc["inputs"]["unparsable"] == len(garbage) > 20
+    assert doc["inputs"]["contacts"] == len(texts) - len(garbage)
 
 
 def test_overlapping_files_count_each_minute_once(tmp_path):
