@@ -296,6 +296,12 @@ class Store:
             )
         }
 
+    def benchmark_recent(self, name: str, count: int) -> list[float]:
+        """The values of a benchmark figure's latest ``count`` rows, newest first."""
+        return [value for (value,) in self.db.execute(
+            'SELECT value FROM "benchmark" WHERE name = ? ORDER BY date DESC, time DESC LIMIT ?', (name, count)
+        )]
+
     # -- end of benchmarks --------------------------------------------------
 
     def iter_day(self, table: str, day: str, *, unreported_only: bool = False,
