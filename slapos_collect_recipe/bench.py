@@ -120,6 +120,7 @@ class BenchSettings:
     baseline_days: int = DEFAULT_BASELINE_DAYS
     references: dict[str, float] = field(default_factory=dict)
     thresholds: dict[str, float] = field(default_factory=dict)  # per figure, over threshold
+    confirm_runs: int = 1
     timeout: float = DEFAULT_TIMEOUT
     lock_wait: float = DEFAULT_LOCK_WAIT
     cpu_loops: int = DEFAULT_CPU_LOOPS
@@ -262,6 +263,7 @@ def bench_settings(args: argparse.Namespace) -> BenchSettings:
         baseline_days=config.get_int(cp, SECTION, "baseline-days", DEFAULT_BASELINE_DAYS, minimum=1),
         references=references,
         thresholds=thresholds,
+        confirm_runs=config.get_int(cp, SECTION, "confirm-runs", 1, minimum=1),
         timeout=timeout,
         lock_wait=lock_wait,
         cpu_loops=config.get_int(cp, SECTION, "cpu-loops", DEFAULT_CPU_LOOPS, minimum=1000),
@@ -618,7 +620,9 @@ def update_baselines(state: dict, figures: dict[str, float], day: str, baseline_
 
 
 def build_status(latest: dict[str, tuple[float, str, str, str]], baselines: dict, settings: BenchSettings,
-                 day: str) -> dict:
+                 day: str, recent: dict[str, list[float]] | None = None) -> dict:
+    """The status of every figure: its latest value, or with ``confirm-runs``
+    N > 1 the median of its latest N (``recent``), against its baseline."""
     benchmarks = {}
     for name in sorted(latest):
         if name not in FIGURES:
@@ -631,7 +635,8 @@ def build_status(latest: dict[str, tuple[float, str, str, str]], baselines: dict
             baseline, source = statistics.median(entry["values"]), "store"
         else:
             continue
-        ratio = performance_ratio(name, value, baseline)
+        compared = statistics.median((recent or {}).get(name) or [value])
+        ratio = performance_ratio(name, compared, baseline)
         threshold = settings.thresholds.get(name, settings.threshold)
         complete = source == "reference" or (
             Date.fromisoformat(day) >= Date.fromisoformat(entry["since"]) + timedelta(days=settings.baseline_days))
@@ -648,6 +653,9 @@ def build_status(latest: dict[str, tuple[float, str, str, str]], baselines: dict
             "baseline_runs": len(entry.get("values", [])) if source == "store" else 0,
             "baseline_complete": complete,
         }
+        if settings.confirm_runs > 1:
+            benchmarks[name]["compared"] = compared
+            benchmarks[name]["compared_runs"] = len((recent or {}).get(name) or [value])
     worst = [f"{name} at {b['ratio'] * 100:.0f} % of its baseline (threshold {b['threshold'] * 100:.0f} %)"
              for name, b in sorted(benchmarks.items(), key=lambda item: item[1]["ratio"]) if b["degraded"]]
     return {
@@ -714,7 +722,10 @@ def store_results(settings: BenchSettings, medians: dict[str, float], spreads: d
             baselines = update_baselines(store.get_state(BASELINE_STATE, {}), medians, day, settings.baseline_days)
             store.set_state(BASELINE_STATE, baselines)
         latest = store.benchmark_latest_runs()
-    status = build_status(latest, baselines, settings, day)
+        recent = {}
+        if settings.confirm_runs > 1:
+            recent = {name: store.benchmark_recent(name, settings.confirm_runs) for name in latest if name in FIGURES}
+    status = build_status(latest, baselines, settings, day, recent)
     status["date"], status["time"] = day, clock
     write_atomic(settings.data_dir / STATUS_FILE, json.dumps(status, indent=1, sort_keys=True) + "\n")
     for name, value in medians.items():

@@ -518,6 +518,33 @@ def test_a_threshold_per_figure(tmp_path):
         bench.bench_settings(Args())
 
 
+@pytest.mark.slow
+def test_confirm_runs_needs_a_lasting_drop(tmp_path, data_dir):
+    """With confirm-runs = 3 one slow run is not enough (the median of the
+    last three is compared): real runs, made slow as above."""
+    core = max(os.sched_getaffinity(0))
+    cfg = write_config(tmp_path, "confirm-runs = 3\n")
+    for _ in range(3):
+        quiet = bench_json(data_dir, cfg, "cpu", preexec_fn=pinned(core))
+    entry = quiet["status"]["benchmarks"]["cpu_single"]
+    assert entry["compared_runs"] == 3
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=pinned(core))
+            for _ in range(4)]
+    try:
+        time.sleep(0.3)
+        once = bench_json(data_dir, cfg, "cpu", preexec_fn=pinned(core))["status"]["benchmarks"]["cpu_single"]
+        bench_json(data_dir, cfg, "cpu", preexec_fn=pinned(core))
+        third = bench_json(data_dir, cfg, "cpu", preexec_fn=pinned(core))["status"]["benchmarks"]["cpu_single"]
+    finally:
+        for proc in busy:
+            proc.kill()
+        for proc in busy:
+            proc.wait(10)
+    assert once["value"] / once["baseline"] < 0.7  # the latest run alone is slow...
+    assert once["degraded"] is False  # ...but two of the last three are not
+    assert third["degraded"] is True and third["compared"] < 0.7 * third["baseline"]
+
+
 def test_latency_ratio_is_inverted():
     assert bench.performance_ratio("net_latency", 2.0, 1.0) == 0.5
     assert bench.performance_ratio("net_download", 2.0, 1.0) == 2.0
