@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import configparser
-import hashlib
 import http.client
 import json
 import logging
@@ -46,6 +45,7 @@ from pathlib import Path
 
 from . import config, lock, pystone
 from .errors import CollectError
+from .schedule import bench_minute  # noqa: F401  (part of this module's API)
 from .store import DB_NAME, Store, bench_workload
 
 log = logging.getLogger("slapos_collect")
@@ -79,16 +79,6 @@ CHUNK = 256 * 1024
 MAX_NET_BYTES = 256 * 1024 * 1024  # the slapmonitor's cap
 MAX_RETRY_AFTER = 5
 COLLECT_HEAD_START = 3.0  # seconds
-
-
-def bench_minute(computer_id: str, partition: str = "") -> int:
-    """The minute (0..59) of the hour at which a machine runs its benchmarks.
-
-    The first 8 bytes, big-endian, of SHA-256 of ``"<computer_id>/<partition>"``
-    (UTF-8) modulo 60: stable across runs and Python versions, spread over a
-    fleet. The recipe computes the same rule without importing this module."""
-    digest = hashlib.sha256(f"{computer_id}/{partition}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") % 60
 
 
 # -- settings ----------------------------------------------------------------

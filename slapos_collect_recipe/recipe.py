@@ -16,7 +16,6 @@ The recipes only write files: they never import the sampling code.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pwd
@@ -29,6 +28,8 @@ import tempfile
 from pathlib import Path
 
 import zc.buildout
+
+from . import schedule
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 DEFAULT_PORT_BASE = 9780
@@ -324,8 +325,7 @@ class Recipe:
 
     def bench_minute(self) -> int:
         """A minute of the hour spread over computers and partitions."""
-        digest = hashlib.sha256(f"{self.computer_id}/{self.reference}".encode()).digest()
-        return digest[0] % 60
+        return schedule.bench_minute(self.computer_id, self.reference)
 
     def install(self) -> list[str]:
         for directory in (self.etc, self.cron_d, self.service_d, self.ssl_dir, self.log_dir,
