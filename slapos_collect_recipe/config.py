@@ -65,7 +65,9 @@ def add_partition_arguments(parser: argparse.ArgumentParser) -> None:
 
 def read_ini(path: str | os.PathLike) -> configparser.ConfigParser:
     """Read an INI file, turning every failure into one clear CollectError."""
-    parser = configparser.ConfigParser(interpolation=None)
+    # " ; comment" after a value is a comment (as in the README's examples);
+    # a ";" with no space before it stays part of the value.
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";",))
     try:
         with open(path, encoding="utf-8") as handle:
             parser.read_file(handle)

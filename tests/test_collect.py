@@ -222,7 +222,7 @@ def test_config_file(parts: dict[str, Path], tmp_path: Path) -> None:
         "[slapos-collect]\n"
         f"data-dir = {data}\n"
         f"partitions =\n  a = {parts['part-a']}\n  b = {parts['part-b']}\n"
-        "keep-days = 5\n"
+        "keep-days = 5   ; inline comments as in the README\n"
     )
     with spawned(SLEEP, parts["part-b"]) as sleeper:
         time.sleep(0.3)
