@@ -37,6 +37,8 @@ import logging
 import os
 import re
 import shutil
+import signal
+import subprocess
 import sys
 import tarfile
 import time
@@ -59,8 +61,11 @@ PENDING_KEY = "rotate.pending"
 GZIP_LEVEL = 1
 DAY_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 LOCK_WAIT = 120.0
-# Dumps: rows formatted, written and compressed at a time.
+# Dumps: rows formatted, written and compressed at a time; a table with at
+# least SPLIT_ROWS rowids is dumped in two halves by two processes.
 CHUNK_ROWS = 10000
+SPLIT_ROWS = 200000
+PART_PREFIX = ".rotate.part-"
 # Tests only: make rotate stop at a named point (so that it can be killed there).
 PAUSE_ENV = "SLAPOS_COLLECT_TEST_PAUSE"
 SPOOL = ".rotate.spool"
@@ -172,6 +177,11 @@ class ArchiveWriter:
         self.spool.write(compressed)
         self.file_size += size
 
+    def file_members(self, size: int, members) -> None:
+        """Append ``size`` bytes to the current file, given as a file of gzip members."""
+        shutil.copyfileobj(members, self.spool, 1 << 20)
+        self.file_size += size
+
     def end_file(self, name: str) -> None:
         self._emit(self._header(name, tarfile.REGTYPE, self.file_size, 0o644))
         self.spool.flush()
@@ -201,37 +211,111 @@ def gzip_member(data: bytes, level: int = GZIP_LEVEL) -> bytes:
     return compressor.compress(data) + compressor.flush()
 
 
-def _dump_table(store: Store, pool: ThreadPoolExecutor, handle, archive: ArchiveWriter, table: str,
-                day: str, limit: int, progress: Progress | None) -> int:
-    """Stream one table's unreported rows of the day into the CSV and the archive.
-
-    Rows are formatted by ``csv.writer`` here, CHUNK_ROWS at a time (the
-    cheapest in CPU); each chunk is compressed by the worker thread while
-    the next one is formatted."""
-    total = store.count_unreported(table, day) if progress is not None else 0
-    cursor = store.dump_rows(table, day, limit)
+def _write_rows(cursor, handle, sink, progress: Progress | None = None, table: str = "",
+                total: int = 0) -> int:
+    """Format rows with ``csv.writer`` (the cheapest in CPU), CHUNK_ROWS at a
+    time; each chunk goes to ``handle`` as is and to ``sink(size, member)``
+    as a gzip member (compressed by a worker thread while the next chunk is
+    formatted). Returns the number of rows."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     queue: deque[tuple[int, Future]] = deque()
     rows = 0
-    while batch := cursor.fetchmany(CHUNK_ROWS):
-        writer.writerows(batch)
-        data = buffer.getvalue().encode("utf-8")
-        buffer.seek(0)
-        buffer.truncate()
-        handle.write(data)
-        queue.append((len(data), pool.submit(gzip_member, data, archive.level)))
-        while len(queue) > 2:
+    with ThreadPoolExecutor(1, thread_name_prefix="gzip") as pool:
+        while batch := cursor.fetchmany(CHUNK_ROWS):
+            writer.writerows(batch)
+            data = buffer.getvalue().encode("utf-8")
+            buffer.seek(0)
+            buffer.truncate()
+            handle.write(data)
+            queue.append((len(data), pool.submit(gzip_member, data, GZIP_LEVEL)))
+            while len(queue) > 2:
+                size, future = queue.popleft()
+                sink(size, future.result())
+            rows += len(batch)
+            if progress is not None:
+                progress.draw(table, rows, total)
+        while queue:
             size, future = queue.popleft()
-            archive.file_data(size, future.result())
-        rows += len(batch)
-        if progress is not None:
-            progress.draw(table, rows, total)
-    while queue:
-        size, future = queue.popleft()
-        archive.file_data(size, future.result())
+            sink(size, future.result())
+    return rows
+
+
+def _start_helper(store: Store, data_dir: Path, table: str, day: str, first: int, last: int,
+                  ) -> tuple[subprocess.Popen, Path, Path]:
+    """A second process dumping rowids ``first..last`` of a big table into
+    ``.rotate.part-<pid>.{csv,gz}`` while this one does the first half."""
+    part_csv = data_dir / f"{PART_PREFIX}{os.getpid()}.csv"
+    part_gz = data_dir / f"{PART_PREFIX}{os.getpid()}.gz"
+    helper = subprocess.Popen(
+        [sys.executable, "-m", "slapos_collect_recipe.rotate", "--dump-part", str(store.path), table, day,
+         str(first), str(last), str(part_csv), str(part_gz), str(GZIP_LEVEL)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+    )
+    return helper, part_csv, part_gz
+
+
+def dump_part(db_path: str, table: str, day: str, first: str, last: str, part_csv: str, part_gz: str,
+              level: str) -> None:
+    """The helper process's job (``python -m slapos_collect_recipe.rotate --dump-part ...``)."""
+    _die_with_parent()
+    global GZIP_LEVEL
+    GZIP_LEVEL = int(level)
+    with Store(db_path, readonly=True) as reader, open(part_csv, "wb", buffering=1 << 20) as handle, \
+            open(part_gz, "wb", buffering=1 << 20) as members:
+        _write_rows(reader.dump_rows(table, day, int(last), int(first)), handle,
+                    lambda _size, member: members.write(member))
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to kill this helper when its parent dies (a killed rotate)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
+    if os.getppid() == 1:  # the parent died before prctl
+        os._exit(1)
+
+
+def _dump_table(store: Store, data_dir: Path, handle, archive: ArchiveWriter, table: str, day: str,
+                limit: int, progress: Progress | None) -> int:
+    """Stream one table's unreported rows of the day into the CSV and the archive.
+
+    A big table (SPLIT_ROWS rowids or more) on a machine with several cores
+    is done in two halves at once: the second by a helper process, whose
+    output is appended after the first half's."""
+    span = store.unreported_rowid_range(table, day)
+    if span is None:
+        return 0
+    low, high = span[0], min(span[1], limit)
+    total = store.count_unreported(table, day) if progress is not None else 0
+    helper = None
+    if (os.cpu_count() or 1) > 1 and high - low + 1 >= SPLIT_ROWS:
+        middle = (low + high) // 2
+        helper, part_csv, part_gz = _start_helper(store, data_dir, table, day, middle + 1, high)
+        high = middle
+    try:
+        rows = _write_rows(store.dump_rows(table, day, high, low), handle, archive.file_data, progress, table,
+                           total)
+        if helper is not None:
+            if helper.wait() != 0:
+                raise CollectError(f"dumping {table} of {day}: the helper process failed ({helper.returncode})")
+            size = part_csv.stat().st_size
+            with open(part_csv, "rb") as part:
+                shutil.copyfileobj(part, handle, 1 << 20)
+            with open(part_gz, "rb") as members:
+                archive.file_members(size, members)
+    finally:
+        if helper is not None:
+            if helper.poll() is None:
+                helper.kill()
+                helper.wait()
+            part_csv.unlink(missing_ok=True)
+            part_gz.unlink(missing_ok=True)
     if progress is not None:
-        progress.draw(table, rows, total, force=True)
+        progress.draw(table, total, total, force=True)
     return rows
 
 
@@ -241,7 +325,8 @@ def dump_day(store: Store, data_dir: Path, day: str, limits: dict[str, int], arc
     rows) and, from the same bytes, the archive ``archive_tmp`` (fsynced):
     members ``<day>/`` and ``<day>/dump_<table>.csv``.
 
-    Memory stays bounded: at most three chunks of CHUNK_ROWS rows are held."""
+    Memory stays bounded: at most three chunks of CHUNK_ROWS rows are held
+    (per process)."""
     folder = data_dir / day
     if folder.exists():
         shutil.rmtree(folder)
@@ -249,17 +334,16 @@ def dump_day(store: Store, data_dir: Path, day: str, limits: dict[str, int], arc
     archive = ArchiveWriter(archive_tmp, data_dir / SPOOL)
     try:
         archive.add_dir(day)
-        with ThreadPoolExecutor(1, thread_name_prefix="gzip") as pool:
-            for table in TABLES:
-                archive.start_file()
-                with open(folder / f"dump_{table}.csv", "wb", buffering=1 << 20) as handle:
-                    header = (",".join(columns(table)) + "\r\n").encode()
-                    handle.write(header)
-                    archive.file_data(len(header), archive.compress(header))
-                    if table in limits:
-                        _dump_table(store, pool, handle, archive, table, day, limits[table], progress)
-                archive.end_file(f"{day}/dump_{table}.csv")
-                _pause(f"dumped-{table}")
+        for table in TABLES:
+            archive.start_file()
+            with open(folder / f"dump_{table}.csv", "wb", buffering=1 << 20) as handle:
+                header = (",".join(columns(table)) + "\r\n").encode()
+                handle.write(header)
+                archive.file_data(len(header), archive.compress(header))
+                if table in limits:
+                    _dump_table(store, data_dir, handle, archive, table, day, limits[table], progress)
+            archive.end_file(f"{day}/dump_{table}.csv")
+            _pause(f"dumped-{table}")
         archive.close()
     finally:
         archive.discard()
@@ -345,7 +429,8 @@ def recover(store: Store, data_dir: Path, computer_id: str = "") -> str | None:
         log.warning("rotate: a previous run was interrupted: %s", outcome)
     with os.scandir(data_dir) as entries:
         for entry in entries:
-            if entry.name.startswith(".") and entry.name.endswith(".tar.gz.tmp") or entry.name == SPOOL:
+            if (entry.name.startswith(".") and entry.name.endswith(".tar.gz.tmp") or entry.name == SPOOL
+                    or entry.name.startswith(PART_PREFIX)):
                 os.unlink(entry.path)
             elif DAY_RE.match(entry.name) and entry.is_dir(follow_symlinks=False):
                 shutil.rmtree(entry.path)
@@ -411,3 +496,10 @@ def run(args: argparse.Namespace) -> int:
     log.info("rotate: %d day(s) archived, %d row(s) reported, %d deleted",
              len(result.days), result.rows_reported, result.rows_deleted)
     return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 10 and sys.argv[1] == "--dump-part":
+        dump_part(*sys.argv[2:])
+    else:
+        sys.exit("usage: python -m slapos_collect_recipe.rotate --dump-part DB TABLE DAY FIRST LAST CSV GZ LEVEL")

@@ -432,13 +432,22 @@ class Store:
             f'SELECT count(*) FROM "{_table(table)}" WHERE date = ? AND reported = 0', (day,)
         ).fetchone()[0]
 
-    def dump_rows(self, table: str, day: str, up_to_rowid: int) -> sqlite3.Cursor:
-        """A cursor over the day's unreported rows up to ``up_to_rowid``, all
-        columns, in insertion order: iterate it to stream (bounded memory)."""
+    def dump_rows(self, table: str, day: str, up_to_rowid: int, from_rowid: int = 0) -> sqlite3.Cursor:
+        """A cursor over the day's unreported rows with ``from_rowid <= rowid <=
+        up_to_rowid``, all columns, in insertion order: iterate it to stream
+        (bounded memory)."""
         return self.db.execute(
-            f'SELECT * FROM "{_table(table)}" WHERE date = ? AND reported = 0 AND rowid <= ? ORDER BY rowid',
-            (day, up_to_rowid),
+            f'SELECT * FROM "{_table(table)}" WHERE date = ? AND reported = 0 AND rowid BETWEEN ? AND ? '
+            "ORDER BY rowid",
+            (day, from_rowid, up_to_rowid),
         )
+
+    def unreported_rowid_range(self, table: str, day: str) -> tuple[int, int] | None:
+        """Lowest and highest rowid of the day's unreported rows."""
+        low, high = self.db.execute(
+            f'SELECT min(rowid), max(rowid) FROM "{_table(table)}" WHERE date = ? AND reported = 0', (day,)
+        ).fetchone()
+        return None if low is None else (low, high)
 
     def day_system_averages(self, day: str) -> tuple[int, float | None, float | None]:
         """``(runs, average cpu_percent, average memory_used)`` of a day's system rows."""

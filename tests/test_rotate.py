@@ -120,8 +120,9 @@ def test_archives_read_with_gzip_and_gnu_tar(data_dir: Path, tmp_path: Path) -> 
     dumped): the standard tools read it like any .tar.gz."""
     day = days_ago(1)
     with Store(data_dir / DB_NAME) as store:
-        count = fill_day(store, day, runs=30, processes=400)  # several slices of user rows
-    assert count > 2 * rotate.CHUNK_ROWS
+        # Enough user rows to be dumped in two halves by two processes, each in several slices.
+        count = fill_day(store, day, runs=110, processes=1000)
+    assert count > rotate.SPLIT_ROWS > 2 * rotate.CHUNK_ROWS
     run_cli("rotate", "--data-dir", str(data_dir), check=True)
     archive = data_dir / f"{day}.tar.gz"
     subprocess.run(["gzip", "-t", str(archive)], check=True)
@@ -285,6 +286,49 @@ def test_kill_9_while_the_archive_is_being_written(data_dir: Path) -> None:
     run_cli("rotate", "--data-dir", str(data_dir), check=True)
     assert sum(len(rows) for rows in archive_rows(data_dir).values()) == count
     assert not list(data_dir.glob(".*.tmp"))
+
+
+def _helpers_of(data_dir: Path) -> list[int]:
+    """Pids of the dump helper processes working on data_dir."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"--dump-part" in cmdline and str(data_dir / DB_NAME).encode() in cmdline:
+                found.append(int(entry.name))
+    return found
+
+
+def test_kill_9_while_the_helper_process_dumps(data_dir: Path) -> None:
+    day = days_ago(1)
+    with Store(data_dir / DB_NAME) as store:
+        count = fill_day(store, day, runs=400, processes=1000)
+    proc = subprocess.Popen([str(SCRIPTS / "slapos-collect"), "rotate", "--data-dir", str(data_dir)],
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            parts = list(data_dir.glob(rotate.PART_PREFIX + "*.csv"))
+            if parts and parts[0].stat().st_size > 0:
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None, "rotate finished before its helper could be caught working"
+        assert _helpers_of(data_dir)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    # The helper dies with its parent.
+    deadline = time.monotonic() + 10
+    while _helpers_of(data_dir) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _helpers_of(data_dir) == []
+    assert sum(db_rows(data_dir, "reported = 1").values()) == 0
+    run_cli("rotate", "--data-dir", str(data_dir), check=True)
+    assert sum(len(rows) for rows in archive_rows(data_dir).values()) == count
+    assert not [p for p in data_dir.iterdir() if p.name.startswith(".") and p.name != ".collect.lock"]
 
 
 def test_backlog_of_thirty_days_in_bounded_memory(data_dir: Path) -> None:
