@@ -31,6 +31,7 @@ START = 1795996800 - 6 * 3600  # 2026-11-29 18:00 UTC: the log spans midnights
 SLAPOS_COLLECT = Path(sys.executable).parent / "slapos-collect"
 TIME = "/usr/bin/time"  # GNU time (Debian package time)
 OURS = "slapos-collect availability"
+RUNS = 2  # runs of ours and of the plain loop (GoAccess: one, it takes minutes)
 PLAIN = "plain Python re loop"
 
 PLAIN_LOOP = r"""
@@ -145,11 +146,15 @@ def run_tools(log: Path, lines: int, tmp: Path, goaccess: str | None) -> tuple[d
     """Each tool on ``log``; checks they agree; (rows by tool, our stats.json)."""
     rows = {}
     stats = tmp / "stats.json"
-    rows[OURS] = measure([str(SLAPOS_COLLECT), "availability", str(log), "-o", str(stats)])
-    print("  ours", rows[OURS], flush=True)
     plain_out = tmp / "plain.txt"
-    rows[PLAIN] = measure([sys.executable, "-c", PLAIN_LOOP, str(log)], plain_out)
-    print("  plain", rows[PLAIN], flush=True)
+    runs: dict[str, list[dict]] = {OURS: [], PLAIN: []}
+    for _ in range(RUNS):  # alternated; the best of each (the machine is shared)
+        runs[OURS].append(measure([str(SLAPOS_COLLECT), "availability", str(log), "-o", str(stats)]))
+        print("  ours", runs[OURS][-1], flush=True)
+        runs[PLAIN].append(measure([sys.executable, "-c", PLAIN_LOOP, str(log)], plain_out))
+        print("  plain", runs[PLAIN][-1], flush=True)
+    for name, measured in runs.items():
+        rows[name] = {key: min(r[key] for r in measured) for key in ("wall", "cpu", "rss_mb")}
     if goaccess:
         rows["GoAccess (JSON)"] = measure([goaccess, str(log), "--log-format=COMBINED", "--no-global-config",
                                            "--no-progress", "-o", str(tmp / "goaccess.json")])
@@ -211,8 +216,9 @@ def main() -> int:
         "## Availability from access logs\n\n"
         f"{lines:,} combined-format lines ({size / 1e6:.0f} MB, {COMPUTERS} computers calling every {PERIOD} s "
         f"for {(lines / COMPUTERS * PERIOD) / 86400:.1f} days, one in five over IPv6, two outages), one plain file, "
-        "each tool in its own process (wall, CPU and peak RSS from GNU time, i.e. `wait4`). Lines/s by wall time "
-        "and by CPU time (user + system: steadier on a shared machine); speed ratios against the plain loop.\n\n"
+        "each tool in its own process (wall, CPU and peak RSS from GNU time, i.e. `wait4`; ours and the plain loop "
+        f"run {RUNS} times alternately, the best of each kept). Lines/s by wall time and by CPU time (user + system: "
+        "steadier on a shared machine); speed ratios against the plain loop.\n\n"
         + rows_table(rows, lines)
         + f"\n{verdict} The plain loop's and our per-minute counts agree ({doc['fleet']['minutes_up']:,} "
         "computer-minutes with a contact); GoAccess counted every line as a valid request.\n\n"
