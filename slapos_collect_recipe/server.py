@@ -475,6 +475,52 @@ def file_headers(name: str, st: os.stat_result) -> tuple[dict[str, str], str, st
     return headers, etag, last_modified
 
 
+async def send_file_threaded(sock_fd: int, file_fd: int, offset: int, count: int) -> None:
+    """``sendfile`` on a worker thread, so that large files go out on every core
+    (the kernel copy runs without the GIL), waiting for room on the event loop.
+
+    The socket is non-blocking: a thread never waits on a slow client. It works
+    on a duplicate of the transport's descriptor, so that the number can never
+    be reused under it, and closes it only once no thread uses it."""
+    loop = asyncio.get_running_loop()
+    fd = os.dup(sock_fd)
+    pending: asyncio.Future | None = None
+    try:
+        end = offset + count
+        while offset < end:
+            pending = loop.run_in_executor(None, _sendfile_some, fd, file_fd, offset, end - offset)
+            sent = await asyncio.shield(pending)
+            pending = None
+            if sent is None:  # the socket buffer is full: wait for room
+                room = loop.create_future()
+                loop.add_writer(fd, _wake, room)
+                try:
+                    await room
+                finally:
+                    loop.remove_writer(fd)
+            elif sent == 0:
+                raise ConnectionResetError("file shrank while sent")
+            else:
+                offset += sent
+    finally:
+        if pending is not None and not pending.done():
+            pending.add_done_callback(lambda _: os.close(fd))
+        else:
+            os.close(fd)
+
+
+def _wake(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _sendfile_some(sock_fd: int, file_fd: int, offset: int, count: int) -> int | None:
+    try:
+        return os.sendfile(sock_fd, file_fd, offset, count)
+    except BlockingIOError:
+        return None
+
+
 # -- the application ------------------------------------------------------------
 
 
@@ -741,7 +787,11 @@ class Monitor:
                 if transport is None:
                     raise ConnectionResetError("connection lost")
                 if transport.get_extra_info("sslcontext") is None:
-                    await asyncio.get_running_loop().sendfile(transport, handle, start, count)
+                    sock = transport.get_extra_info("socket")
+                    if sock is not None and transport.get_write_buffer_size() == 0:
+                        await send_file_threaded(sock.fileno(), handle.fileno(), start, count)
+                    else:
+                        await asyncio.get_running_loop().sendfile(transport, handle, start, count)
                 else:  # no sendfile through TLS: read in a thread, encrypt here
                     await self._copy(response, handle, start, count)
             await response.write_eof()

@@ -483,8 +483,16 @@ def test_tls_routes_with_verified_self_signed_certificate(served_tls):
         assert served_tls.get(path(served_tls, f"server-log/{name}"))[0] == 404
 
 
-def test_clients_leaving_mid_transfer_leave_no_error(served_tls):
-    for rest in ("server-log/big.bin", f"bench/download?bytes={100 * 1024 * 1024}"):
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+@pytest.mark.parametrize("which", ["served", "served_tls"])
+def test_clients_leaving_mid_transfer_leave_no_error(request, which):
+    served_tls = request.getfixturevalue(which)
+    served_tls.get(path(served_tls, "server-log/big.bin"))
+    before = open_fds(served_tls.proc.pid)
+    for rest in ("server-log/big.bin", "server-log/big.bin", f"bench/download?bytes={100 * 1024 * 1024}"):
         conn = served_tls.connection()
         conn.request("GET", path(served_tls, rest))
         response = conn.getresponse()
@@ -504,6 +512,10 @@ def test_clients_leaving_mid_transfer_leave_no_error(served_tls):
         time.sleep(0.2)
     assert served_tls.get(path(served_tls, "server-log/big.bin"))[2] == served_tls.files["big.bin"]
     assert served_tls.stderr == [x for x in served_tls.stderr if "listening on" in x]
+    deadline = time.monotonic() + 10
+    while open_fds(served_tls.proc.pid) > before:  # every socket and file given back
+        assert time.monotonic() < deadline, (open_fds(served_tls.proc.pid), before)
+        time.sleep(0.2)
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
