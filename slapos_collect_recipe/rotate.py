@@ -251,6 +251,8 @@ def _start_helper(store: Store, data_dir: Path, table: str, day: str, first: int
         [sys.executable, "-m", "slapos_collect_recipe.rotate", "--dump-part", str(store.path), table, day,
          str(first), str(last), str(part_csv), str(part_gz), str(GZIP_LEVEL)],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        # The parent's import path (a buildout script sets it in the script, not in the environment).
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p)),
     )
     return helper, part_csv, part_gz
 
@@ -292,21 +294,24 @@ def _dump_table(store: Store, data_dir: Path, handle, archive: ArchiveWriter, ta
     low, high = span[0], min(span[1], limit)
     total = store.count_unreported(table, day) if progress is not None else 0
     helper = None
+    end = high
     if (os.cpu_count() or 1) > 1 and high - low + 1 >= SPLIT_ROWS:
         middle = (low + high) // 2
         helper, part_csv, part_gz = _start_helper(store, data_dir, table, day, middle + 1, high)
-        high = middle
+        end = middle
     try:
-        rows = _write_rows(store.dump_rows(table, day, high, low), handle, archive.file_data, progress, table,
+        rows = _write_rows(store.dump_rows(table, day, end, low), handle, archive.file_data, progress, table,
                            total)
-        if helper is not None:
-            if helper.wait() != 0:
-                raise CollectError(f"dumping {table} of {day}: the helper process failed ({helper.returncode})")
+        if helper is not None and helper.wait() == 0:
             size = part_csv.stat().st_size
             with open(part_csv, "rb") as part:
                 shutil.copyfileobj(part, handle, 1 << 20)
             with open(part_gz, "rb") as members:
                 archive.file_members(size, members)
+        elif helper is not None:
+            log.warning("rotate: the helper dumping %s of %s failed (%s); doing its half here",
+                        table, day, helper.returncode)
+            rows += _write_rows(store.dump_rows(table, day, high, end + 1), handle, archive.file_data)
     finally:
         if helper is not None:
             if helper.poll() is None:

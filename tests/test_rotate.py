@@ -331,6 +331,17 @@ def test_kill_9_while_the_helper_process_dumps(data_dir: Path) -> None:
     assert not [p for p in data_dir.iterdir() if p.name.startswith(".") and p.name != ".collect.lock"]
 
 
+def test_a_helper_that_cannot_run_is_done_in_process(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    day = days_ago(1)
+    with Store(data_dir / DB_NAME) as store:
+        count = fill_day(store, day, runs=110, processes=1000)
+        monkeypatch.setattr(rotate.sys, "executable", "/bin/false")  # the helper exits 1 at once
+        result = rotate.rotate(store, settings_for(data_dir))
+    assert result.archives == [data_dir / f"{day}.tar.gz"]
+    assert sum(len(rows) for rows in archive_rows(data_dir).values()) == count
+    assert sorted(tuple(r[:-1]) for r in archive_rows(data_dir)["user"]) == sorted(_all_rows(data_dir, "user"))
+
+
 def test_backlog_of_thirty_days_in_bounded_memory(data_dir: Path) -> None:
     with Store(data_dir / DB_NAME) as store:
         total = sum(fill_day(store, days_ago(n), runs=60, processes=100, partitions=1) for n in range(1, 31))
