@@ -6,9 +6,9 @@
 ``bench/upload``). A wrong secret gets the same 404 as any unknown path.
 
 Speed: small files come from an in-memory cache keyed by (inode, size, mtime)
-with their headers precomputed; large ones go out with ``sendfile`` (not
-through Python); the access log is written in combined format through a
-buffer flushed every second.
+with their headers precomputed; large ones go out with ``sendfile`` (the
+kernel copies, on worker threads so that every core serves); the access log
+is written in combined format through a buffer flushed every second.
 """
 
 from __future__ import annotations
