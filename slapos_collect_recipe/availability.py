@@ -108,7 +108,11 @@ def run(args: argparse.Namespace) -> int:
     output = None if args.output == "-" else Path(args.output)
     if output is not None and not output.parent.is_dir():
         raise CollectError(f"output directory {output.parent} does not exist")
+    if output is not None and output.is_dir():
+        raise CollectError(f"output {output} is a directory")
     csv_dir = Path(args.csv) if args.csv else None
+    if csv_dir is not None and csv_dir.exists() and not csv_dir.is_dir():
+        raise CollectError(f"CSV directory {csv_dir} is not a directory")
     if csv_dir is not None and not csv_dir.is_dir() and not csv_dir.parent.is_dir():
         raise CollectError(f"CSV directory {csv_dir}: parent directory {csv_dir.parent} does not exist")
 

@@ -326,10 +326,14 @@ def test_bad_files_are_reported_and_the_others_still_read(tmp_path):
     (["--pattern", "(a)=(b)"], "--pattern '(a)=(b)' must have at most one group (the computer id)"),
     (["-o", "/nonexistent/dir/stats.json"], "output directory /nonexistent/dir does not exist"),
     (["--csv", "/nonexistent/dir/csv"], "CSV directory /nonexistent/dir/csv: parent directory /nonexistent/dir"),
+    (["-o", "{tmp}"], "output {tmp} is a directory"),
+    (["--csv", "{tmp}/access.log"], "CSV directory {tmp}/access.log is not a directory"),
 ])
 def test_bad_arguments_one_line_no_traceback(tmp_path, args, message):
     log = tmp_path / "access.log"
     log.write_text(line(T0, "COMP-A"))
+    args = [arg.replace("{tmp}", str(tmp_path)) for arg in args]
+    message = message.replace("{tmp}", str(tmp_path))
     proc = run_cli("availability", str(log), *args)
     assert proc.returncode == 2
     assert proc.stdout == ""
