@@ -243,11 +243,21 @@ class StoreCollector:
             return
         family = GaugeMetricFamily("slapos_benchmark_value", "Latest result of each machine benchmark",
                                    labels=["name", "unit"])
+        spread = GaugeMetricFamily("slapos_benchmark_spread_percent",
+                                   "Spread of the latest result's repeats (median absolute deviation over the median)",
+                                   labels=["name"])
         for name, value, unit in rows:
             number = _number(value)
-            if number is not None:
-                family.add_metric([str(name), str(unit or "")], number)
+            if number is None:
+                continue
+            name = str(name)
+            if name.endswith("_spread"):
+                spread.add_metric([name.removesuffix("_spread")], number)
+            else:
+                family.add_metric([name, str(unit or "")], number)
         yield family
+        if spread.samples:
+            yield spread
 
     # -- benchmark_status.json -----------------------------------------------
 
@@ -264,7 +274,9 @@ class StoreCollector:
             return
         degraded = GaugeMetricFamily("slapos_benchmark_degraded", "1 when this benchmark is degraded",
                                      labels=["name"])
-        ratio = GaugeMetricFamily("slapos_benchmark_ratio", "Latest value over the baseline",
+        ratio = GaugeMetricFamily("slapos_benchmark_ratio",
+                                  "Latest result relative to the baseline: 1 is as good, below 1 is worse "
+                                  "(value over baseline; baseline over value for latencies)",
                                   labels=["name"])
         for name, entry in sorted(benchmarks.items()):
             if not isinstance(entry, dict):

@@ -95,7 +95,7 @@ def test_benchmarks_and_degradation(data_dir):
     store = Store(data_dir / "collector.db")
     with store.transaction():
         store.insert("benchmark", [("cpu", 1.0, "Mpystones/s"), ("sqlite", 9000, "ops/s")], DAY, "01:00:00")
-        store.insert("benchmark", [("cpu", 1.5, "Mpystones/s")], DAY, "02:00:00")
+        store.insert("benchmark", [("cpu", 1.5, "Mpystones/s"), ("cpu_spread", 2.5, "%")], DAY, "02:00:00")
     store.close()
     (data_dir / "benchmark_status.json").write_text(json.dumps({
         "degraded": True, "threshold": 0.7,
@@ -109,6 +109,8 @@ def test_benchmarks_and_degradation(data_dir):
         (("name", "cpu"), ("unit", "Mpystones/s")): 1.5,
         (("name", "sqlite"), ("unit", "ops/s")): 9000,
     }
+    # A figure's spread is its own family, not a figure.
+    assert s["slapos_benchmark_spread_percent"] == {(("name", "cpu"),): 2.5}
     assert s["slapos_machine_degraded"] == {(): 1.0}
     assert s["slapos_benchmark_degraded"] == {(("name", "cpu"),): 0.0, (("name", "sqlite"),): 1.0}
     assert s["slapos_benchmark_ratio"][(("name", "sqlite"),)] == 0.45
