@@ -31,13 +31,13 @@ import json
 import os
 import re
 import sys
-import tempfile
 import time
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .atomic import write_atomic
 from .errors import CollectError
 
 FORMAT = "slapos-collect-availability/1"
@@ -141,12 +141,12 @@ def run(args: argparse.Namespace) -> int:
     if output is None:
         sys.stdout.write(text)
     else:
-        write_atomically(output, text)
+        write_atomic(output, text)
     if csv_dir is not None:
         if not csv_dir.is_dir():
             csv_dir.mkdir()
         for name, content in analyser.hourly_csvs(gap=args.gap):
-            write_atomically(csv_dir / name, content)
+            write_atomic(csv_dir / name, content)
     return 1 if any(st.error for st in stats) else 0
 
 
@@ -644,24 +644,6 @@ def _day(day: int) -> str:
 
 def _outage(start: int, stop: int, edge: str | None) -> dict:
     return {"start": _iso(start), "end": _iso(stop), "seconds": stop - start, "edge": edge}
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the whole new one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 class Progress:

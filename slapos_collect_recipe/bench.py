@@ -43,7 +43,8 @@ from datetime import UTC, datetime, timedelta
 from datetime import date as Date
 from pathlib import Path
 
-from . import config, lock, pystone
+from . import config, lock, pystone, realtime
+from .atomic import write_atomic
 from .errors import CollectError
 from .schedule import bench_minute  # noqa: F401  (part of this module's API)
 from .store import DB_NAME, Store, bench_workload
@@ -659,46 +660,6 @@ def build_status(latest: dict[str, tuple[float, str, str, str]], baselines: dict
 # -- writing ---------------------------------------------------------------------
 
 
-def write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def append_csv_line(path: Path, stamp: str, value: float) -> None:
-    """One ``time,entry`` line appended in a single write (a reader never sees
-    half a line); a new file starts with its header, made atomically."""
-    line = f"{stamp},{value:.6g}\n"
-    if not path.exists():
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write("time,entry\n" + line)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(tmp, 0o644)
-            os.link(tmp, path)  # fails if another writer made it meanwhile
-            return
-        except FileExistsError:
-            pass
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-    try:
-        os.write(fd, line.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def store_results(settings: BenchSettings, medians: dict[str, float], spreads: dict[str, float],
                   day: str, clock: str) -> dict:
     """Insert the run (one stamp), update the baselines, write the status and CSVs."""
@@ -719,7 +680,9 @@ def store_results(settings: BenchSettings, medians: dict[str, float], spreads: d
     status["date"], status["time"] = day, clock
     write_atomic(settings.data_dir / STATUS_FILE, json.dumps(status, indent=1, sort_keys=True) + "\n")
     for name, value in medians.items():
-        append_csv_line(settings.data_dir / f"benchmark_{name}.csv", f"{day} {clock}", value)
+        # The whole history, not just today: degradation shows over weeks.
+        realtime.publish_line(settings.data_dir / f"benchmark_{name}.csv", f"{day} {clock}", f"{value:.6g}",
+                              daily=False)
     return status
 
 

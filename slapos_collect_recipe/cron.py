@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from .atomic import write_atomic
 from .errors import CollectError
 from .lock import Busy, exclusive
 
@@ -327,15 +328,6 @@ def _signal_group(process: subprocess.Popen, sig: int) -> None:
         pass
 
 
-def _write_pid(path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    with open(tmp, "w") as handle:
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def run(args: argparse.Namespace) -> int:
     from .config import setup_logging
 
@@ -377,7 +369,7 @@ def run(args: argparse.Namespace) -> int:
     lock_path = pid_file.with_name(pid_file.name + ".lock")
     try:
         with exclusive(lock_path):
-            _write_pid(pid_file)
+            write_atomic(pid_file, f"{os.getpid()}\n")
             try:
                 daemon.run()
             finally:

@@ -21,6 +21,7 @@ import logging
 import os
 from pathlib import Path
 
+from .atomic import write_atomic
 from .store import Store
 
 log = logging.getLogger("slapos_collect")
@@ -111,18 +112,6 @@ def _last_line(path: Path) -> bytes | None:
     return lines[-1]
 
 
-def _start_over(path: Path, line: bytes) -> None:
-    """Replace ``path`` by a file holding the header and ``line`` (atomic)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        os.write(fd, HEADER + line)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
 def _append(path: Path, line: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
     try:
@@ -133,18 +122,19 @@ def _append(path: Path, line: bytes) -> None:
         raise OSError(f"{path}: short write")
 
 
-def publish_line(path: Path, stamp: str, value: str) -> str | None:
+def publish_line(path: Path, stamp: str, value: str, daily: bool = True) -> str | None:
     """Add the run's line to one CSV.
 
-    Returns ``"new"`` when the file was started over (first run of the day),
-    ``"appended"``, or None when the stamp was already there."""
+    Returns ``"new"`` when the file was started (or, when ``daily``, started
+    over on the first run of a day), ``"appended"``, or None when the stamp
+    was already there."""
     line = f"{stamp},{value}\n".encode()
     last = _last_line(path)
     if last == HEADER.rstrip():
         _append(path, line)
         return "appended"
-    if last is None or last[:10] != stamp[:10].encode():
-        _start_over(path, line)
+    if last is None or (daily and last[:10] != stamp[:10].encode()):
+        write_atomic(path, HEADER + line)
         return "new"
     if last[:19] >= stamp.encode():
         return None  # this run (or a later one) is already there

@@ -24,12 +24,12 @@ import secrets
 import socket
 import string
 import sys
-import tempfile
 from pathlib import Path
 
 import zc.buildout
 
 from . import schedule
+from .atomic import write_atomic
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 DEFAULT_PORT_BASE = 9780
@@ -46,30 +46,6 @@ def render(name: str, **values: object) -> str:
         return string.Template(text).substitute({k: str(v) for k, v in values.items()})
     except KeyError as exc:  # a template/recipe mismatch: a bug, not user input
         raise zc.buildout.UserError(f"template {name} needs the value {exc}") from None
-
-
-def write_atomic(path: str | os.PathLike, text: str, mode: int = 0o644) -> None:
-    """Write ``text`` to ``path`` via a temp file in the same dir, fsync, rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def make_dir(path: str | os.PathLike, mode: int = 0o750) -> None:

@@ -12,13 +12,13 @@ from __future__ import annotations
 import calendar
 import json
 import logging
-import os
 import re
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from pathlib import Path
 
+from .atomic import TMP_SUFFIX, write_atomic
 from .config import Partition
 from .store import Store
 
@@ -36,30 +36,6 @@ PROCESS_STATUS = "monitor_process_resource.status.json"
 PROCESS_HEADER = "date, total process, CPU percent, CPU time, CPU threads"
 MEMORY_HEADER = "date, memory used percent, memory used"
 IO_HEADER = "date, io rw counter, io cycles counter, disk used"
-
-
-# -- atomic files ------------------------------------------------------------
-
-def fsync_dir(path: str | os.PathLike) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``path`` whole: temp file in the same dir, fsync, rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 def _number(value: float | None) -> float:
@@ -157,7 +133,7 @@ def write_consumption_report(store: Store, data_dir: Path, day: str, computer_id
 def clean_report_leftovers(data_dir: Path) -> None:
     folder = Path(data_dir) / REPORT_DIR
     if folder.is_dir():
-        for leftover in folder.glob(".*.tmp"):
+        for leftover in folder.glob(f".*{TMP_SUFFIX}"):
             leftover.unlink(missing_ok=True)
 
 

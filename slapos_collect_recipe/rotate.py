@@ -50,6 +50,7 @@ from datetime import date, timedelta
 from pathlib import Path
 
 from . import config, lock, report
+from .atomic import fsync_dir
 from .errors import CollectError
 from .store import DB_NAME, TABLES, Store, columns
 
@@ -401,7 +402,7 @@ def rotate_day(store: Store, settings: config.CollectSettings, day: str, result:
             store.set_state(PENDING_KEY, None)
         raise CollectError(f"cannot create {data_dir / name}: {exc.strerror or exc}") from None
     tmp.unlink(missing_ok=True)
-    report.fsync_dir(data_dir)
+    fsync_dir(data_dir)
     _pause("linked")
     written = report.write_consumption_report(store, data_dir, day, settings.computer_id, journal_bytes)
     if written:
@@ -423,7 +424,7 @@ def recover(store: Store, data_dir: Path, computer_id: str = "") -> str | None:
     if pending:
         archive = data_dir / pending["archive"]
         if archive.is_file():
-            report.fsync_dir(data_dir)
+            fsync_dir(data_dir)
             report.write_consumption_report(store, data_dir, pending["day"], computer_id)
             _finish(store, pending["day"], {t: int(v) for t, v in pending["limits"].items()})
             outcome = f"completed {pending['archive']}"

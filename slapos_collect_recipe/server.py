@@ -47,6 +47,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from . import metrics
+from .atomic import write_atomic
 from .config import SECTION, add_common_arguments, get_bool, get_int, get_list, load_config, setup_logging
 from .errors import CollectError
 from .store import DB_NAME
@@ -178,31 +179,6 @@ def check_secret(secret: str, origin: str) -> str:
     return secret
 
 
-def _write_new(path: Path, data: bytes, mode: int, *, replace: bool) -> bool:
-    """Write ``data`` to ``path`` atomically (temp file, fsync, rename).
-
-    With ``replace=False`` an existing file wins (hard link, no overwrite) and
-    False is returned, so two servers starting at once agree on one secret."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), mode)
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if replace:
-            os.replace(tmp, path)
-            return True
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
-        return True
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
 def load_or_create_secret(path: Path) -> str:
     """The secret kept in ``path``; generated (256 random bits) when missing or empty."""
     for _ in range(2):
@@ -218,7 +194,7 @@ def load_or_create_secret(path: Path) -> str:
             raise CollectError(f"secret file {path}: directory {path.parent} does not exist")
         try:
             empty = path.exists()
-            if _write_new(path, (secrets.token_urlsafe(32) + "\n").encode(), 0o600, replace=empty):
+            if write_atomic(path, (secrets.token_urlsafe(32) + "\n").encode(), 0o600, replace=empty):
                 log.info("generated a new secret in %s", path)
         except OSError as exc:
             raise CollectError(f"cannot write secret file {path}: {exc.strerror}") from None
@@ -264,8 +240,8 @@ def ensure_certificate(cert: Path, key: Path, hosts: list[str]) -> None:
     key_pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption())
     try:
-        _write_new(key, key_pem, 0o600, replace=True)
-        _write_new(cert, certificate.public_bytes(serialization.Encoding.PEM), 0o644, replace=True)
+        write_atomic(key, key_pem, 0o600, replace=True)
+        write_atomic(cert, certificate.public_bytes(serialization.Encoding.PEM), 0o644, replace=True)
     except OSError as exc:
         raise CollectError(f"TLS: cannot write the self-signed pair: {exc}") from None
     log.info("generated a self-signed certificate %s", cert)

@@ -1,0 +1,61 @@
+"""Durable, all-or-nothing file writes: a reader sees the old file or the whole
+new one, never half of it, and a crash never leaves a truncated file behind.
+
+Standard library only: the buildout recipe uses it too.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+# A temp file is ".<name>.<random>.tmp": a crash may leave one, which cleaners
+# recognise by this suffix and the leading dot (never listed or served).
+TMP_SUFFIX = ".tmp"
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a rename or a new entry in ``path`` survive a power cut."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: str | os.PathLike, data: str | bytes, mode: int = 0o644, *, replace: bool = True) -> bool:
+    """Write ``data`` to ``path``: a temp file in the same dir, fsync, rename, fsync the dir.
+
+    With ``replace=False`` an existing file wins (the temp file is hard-linked,
+    never renamed over it) and False is returned: two processes creating the
+    same file at once agree on one content."""
+    path = Path(path)
+    raw = data.encode() if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
+    try:
+        try:
+            os.fchmod(fd, mode)
+            view = memoryview(raw)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            finally:
+                os.unlink(tmp)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    fsync_dir(path.parent)
+    return True
