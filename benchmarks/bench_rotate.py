@@ -118,7 +118,7 @@ def build(path: str, day: str) -> None:
 
 def ours(folder: str) -> None:
     """Our rotation (dump, archive, report, mark), phases timed."""
-    from slapos_collect_recipe import config, rotate
+    from slapos_collect_recipe import archive, config, rotate
     from slapos_collect_recipe.store import DB_NAME, Store
 
     times = {"csv": 0.0, "report": 0.0, "mark": 0.0, "checkpoint": 0.0}
@@ -132,7 +132,7 @@ def ours(folder: str) -> None:
                 times[name] += time.perf_counter() - start
         return wrapper
 
-    rotate.dump_day = timed("csv", rotate.dump_day)
+    archive.dump_day = timed("csv", archive.dump_day)
     rotate._finish = timed("mark", rotate._finish)
     rotate.report.write_consumption_report = timed("report", rotate.report.write_consumption_report)
     Store.checkpoint = timed("checkpoint", Store.checkpoint)
@@ -146,13 +146,13 @@ def ours(folder: str) -> None:
 
 def levels(folder: str, day: str) -> None:
     """The day's CSVs compressed at several gzip levels, one core: time and size."""
-    from slapos_collect_recipe import rotate
+    from slapos_collect_recipe import archive
     from slapos_collect_recipe.store import DB_NAME, Store
 
     data_dir = Path(folder)
     with Store(data_dir / DB_NAME) as store:
         tmp = data_dir / ".levels.tmp"
-        rotate.dump_day(store, data_dir, day, store.unreported_limits(day), tmp)
+        archive.dump_day(store, data_dir, day, store.unreported_limits(day), tmp)
         tmp.unlink()
     files = sorted((data_dir / day).iterdir())
     out = {"csv_bytes": sum(p.stat().st_size for p in files)}
@@ -162,7 +162,7 @@ def levels(folder: str, day: str) -> None:
         for path in files:
             with open(path, "rb") as handle:
                 while chunk := handle.read(1 << 21):
-                    size += len(rotate.gzip_member(chunk, level))
+                    size += len(archive.gzip_member(chunk, level))
         out[str(level)] = (time.perf_counter() - start, size)
     print(json.dumps(out))
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from conftest import SCRIPTS, run_cli
 
+from slapos_collect_recipe import archive as archive_module
 from slapos_collect_recipe import config, lock, rotate
 from slapos_collect_recipe.store import DB_NAME, TABLES, Store, columns
 
@@ -122,7 +123,7 @@ def test_archives_read_with_gzip_and_gnu_tar(data_dir: Path, tmp_path: Path) -> 
     with Store(data_dir / DB_NAME) as store:
         # Enough user rows to be dumped in two halves by two processes, each in several slices.
         count = fill_day(store, day, runs=110, processes=1000)
-    assert count > rotate.SPLIT_ROWS > 2 * rotate.CHUNK_ROWS
+    assert count > archive_module.SPLIT_ROWS > 2 * archive_module.CHUNK_ROWS
     run_cli("rotate", "--data-dir", str(data_dir), check=True)
     archive = data_dir / f"{day}.tar.gz"
     subprocess.run(["gzip", "-t", str(archive)], check=True)
@@ -335,7 +336,7 @@ def test_a_helper_that_cannot_run_is_done_in_process(data_dir: Path, monkeypatch
     day = days_ago(1)
     with Store(data_dir / DB_NAME) as store:
         count = fill_day(store, day, runs=110, processes=1000)
-        monkeypatch.setattr(rotate.sys, "executable", "/bin/false")  # the helper exits 1 at once
+        monkeypatch.setattr(archive_module.sys, "executable", "/bin/false")  # the helper exits 1 at once
         result = rotate.rotate(store, settings_for(data_dir))
     assert result.archives == [data_dir / f"{day}.tar.gz"]
     assert sum(len(rows) for rows in archive_rows(data_dir).values()) == count

@@ -1,0 +1,267 @@
+"""How a past day is written: ``<day>/dump_<table>.csv`` and its ``.tar.gz``.
+
+Imported by ``rotate`` only when a day is due (the per-minute collect stays
+light). The archive is built from the same bytes as the CSVs, slice by slice
+(gzip members compressed by a worker thread); a big table is dumped in two
+halves by two processes. ``python -m slapos_collect_recipe.archive
+--dump-part ...`` is that helper process.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+import zlib
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+from .rotate import PART_PREFIX, SPOOL, Progress, _pause
+from .store import TABLES, Store, columns
+
+log = logging.getLogger("slapos_collect")
+
+# gzip level 1: measured in benchmarks/bench_rotate.py, about 8x faster than
+# level 9 (the original's, tarfile's default) for an archive ~45 % larger.
+GZIP_LEVEL = 1
+# Rows formatted, written and compressed at a time; a table with at least
+# SPLIT_ROWS rowids is dumped in two halves by two processes.
+CHUNK_ROWS = 10000
+SPLIT_ROWS = 200000
+
+
+class ArchiveWriter:
+    """A ``.tar.gz`` written as a series of gzip members (one stream, as
+    gzip, tar and Python read it), so that the dump threads compress their
+    own slices in parallel and the archive is built while the CSVs are written.
+
+    A tar header needs its file's size first: a file's compressed slices wait
+    in a spool file until the file is complete, then follow its header."""
+
+    def __init__(self, path: Path, spool: Path, level: int = GZIP_LEVEL) -> None:
+        self.level = level
+        self.raw = open(path, "wb")
+        self.spool_path = spool
+        self.spool = open(spool, "w+b")
+        self.offset = 0  # uncompressed tar bytes so far
+        self.file_size = 0
+        self.mtime = int(time.time())
+
+    def compress(self, data: bytes) -> bytes:
+        return gzip_member(data, self.level)
+
+    def _emit(self, data: bytes) -> None:
+        if data:
+            self.raw.write(self.compress(data))
+            self.offset += len(data)
+
+    def _header(self, name: str, kind: bytes, size: int, mode: int) -> bytes:
+        info = tarfile.TarInfo(name)
+        info.type, info.size, info.mode, info.mtime = kind, size, mode, self.mtime
+        info.uid, info.gid = os.getuid(), os.getgid()
+        return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+    def add_dir(self, name: str) -> None:
+        self._emit(self._header(name, tarfile.DIRTYPE, 0, 0o755))
+
+    def start_file(self) -> None:
+        self.spool.seek(0)
+        self.spool.truncate()
+        self.file_size = 0
+
+    def file_data(self, size: int, compressed: bytes) -> None:
+        """Append ``size`` bytes to the current file, given as a gzip member."""
+        self.spool.write(compressed)
+        self.file_size += size
+
+    def file_members(self, size: int, members) -> None:
+        """Append ``size`` bytes to the current file, given as a file of gzip members."""
+        shutil.copyfileobj(members, self.spool, 1 << 20)
+        self.file_size += size
+
+    def end_file(self, name: str) -> None:
+        self._emit(self._header(name, tarfile.REGTYPE, self.file_size, 0o644))
+        self.spool.flush()
+        self.spool.seek(0)
+        shutil.copyfileobj(self.spool, self.raw, 1 << 20)
+        self.offset += self.file_size
+        self._emit(b"\0" * (-self.file_size % tarfile.BLOCKSIZE))
+
+    def close(self) -> None:
+        """End of archive (two zero blocks, padded to a record), fsynced."""
+        end = tarfile.BLOCKSIZE * 2
+        self._emit(b"\0" * (end + (-(self.offset + end) % tarfile.RECORDSIZE)))
+        self.raw.flush()
+        os.fsync(self.raw.fileno())
+        self.raw.close()
+        self.discard()
+
+    def discard(self) -> None:
+        if not self.raw.closed:
+            self.raw.close()
+        self.spool.close()
+        self.spool_path.unlink(missing_ok=True)
+
+
+def gzip_member(data: bytes, level: int = GZIP_LEVEL) -> bytes:
+    compressor = zlib.compressobj(level, zlib.DEFLATED, 31)  # 31: gzip framing
+    return compressor.compress(data) + compressor.flush()
+
+
+def _write_rows(cursor, handle, sink, progress: Progress | None = None, table: str = "",
+                total: int = 0) -> int:
+    """Format rows with ``csv.writer`` (the cheapest in CPU), CHUNK_ROWS at a
+    time; each chunk goes to ``handle`` as is and to ``sink(size, member)``
+    as a gzip member (compressed by a worker thread while the next chunk is
+    formatted). Returns the number of rows."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    queue: deque[tuple[int, Future]] = deque()
+    rows = 0
+    with ThreadPoolExecutor(1, thread_name_prefix="gzip") as pool:
+        while batch := cursor.fetchmany(CHUNK_ROWS):
+            writer.writerows(batch)
+            data = buffer.getvalue().encode("utf-8")
+            buffer.seek(0)
+            buffer.truncate()
+            handle.write(data)
+            queue.append((len(data), pool.submit(gzip_member, data, GZIP_LEVEL)))
+            while len(queue) > 2:
+                size, future = queue.popleft()
+                sink(size, future.result())
+            rows += len(batch)
+            if progress is not None:
+                progress.draw(table, rows, total)
+        while queue:
+            size, future = queue.popleft()
+            sink(size, future.result())
+    return rows
+
+
+def _start_helper(store: Store, data_dir: Path, table: str, day: str, first: int, last: int,
+                  ) -> tuple[subprocess.Popen, Path, Path]:
+    """A second process dumping rowids ``first..last`` of a big table into
+    ``.rotate.part-<pid>.{csv,gz}`` while this one does the first half."""
+    part_csv = data_dir / f"{PART_PREFIX}{os.getpid()}.csv"
+    part_gz = data_dir / f"{PART_PREFIX}{os.getpid()}.gz"
+    helper = subprocess.Popen(
+        [sys.executable, "-m", "slapos_collect_recipe.archive", "--dump-part", str(store.path), table, day,
+         str(first), str(last), str(part_csv), str(part_gz), str(GZIP_LEVEL)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        # The parent's import path (a buildout script sets it in the script, not in the environment).
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p)),
+    )
+    return helper, part_csv, part_gz
+
+
+def dump_part(db_path: str, table: str, day: str, first: str, last: str, part_csv: str, part_gz: str,
+              level: str) -> None:
+    """The helper process's job (``python -m slapos_collect_recipe.archive --dump-part ...``)."""
+    _die_with_parent()
+    global GZIP_LEVEL
+    GZIP_LEVEL = int(level)
+    with Store(db_path, readonly=True) as reader, open(part_csv, "wb", buffering=1 << 20) as handle, \
+            open(part_gz, "wb", buffering=1 << 20) as members:
+        _write_rows(reader.dump_rows(table, day, int(last), int(first)), handle,
+                    lambda _size, member: members.write(member))
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to kill this helper when its parent dies (a killed rotate)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
+    if os.getppid() == 1:  # the parent died before prctl
+        os._exit(1)
+
+
+def _dump_table(store: Store, data_dir: Path, handle, archive: ArchiveWriter, table: str, day: str,
+                limit: int, progress: Progress | None) -> int:
+    """Stream one table's unreported rows of the day into the CSV and the archive.
+
+    A big table (SPLIT_ROWS rowids or more) on a machine with several cores
+    is done in two halves at once: the second by a helper process, whose
+    output is appended after the first half's."""
+    span = store.unreported_rowid_range(table, day)
+    if span is None:
+        return 0
+    low, high = span[0], min(span[1], limit)
+    total = store.count_unreported(table, day) if progress is not None else 0
+    helper = None
+    end = high
+    if (os.cpu_count() or 1) > 1 and high - low + 1 >= SPLIT_ROWS:
+        middle = (low + high) // 2
+        helper, part_csv, part_gz = _start_helper(store, data_dir, table, day, middle + 1, high)
+        end = middle
+    try:
+        rows = _write_rows(store.dump_rows(table, day, end, low), handle, archive.file_data, progress, table,
+                           total)
+        if helper is not None and helper.wait() == 0:
+            size = part_csv.stat().st_size
+            with open(part_csv, "rb") as part:
+                shutil.copyfileobj(part, handle, 1 << 20)
+            with open(part_gz, "rb") as members:
+                archive.file_members(size, members)
+        elif helper is not None:
+            log.warning("rotate: the helper dumping %s of %s failed (%s); doing its half here",
+                        table, day, helper.returncode)
+            rows += _write_rows(store.dump_rows(table, day, high, end + 1), handle, archive.file_data)
+    finally:
+        if helper is not None:
+            if helper.poll() is None:
+                helper.kill()
+                helper.wait()
+            part_csv.unlink(missing_ok=True)
+            part_gz.unlink(missing_ok=True)
+    if progress is not None:
+        progress.draw(table, total, total, force=True)
+    return rows
+
+
+def dump_day(store: Store, data_dir: Path, day: str, limits: dict[str, int], archive_tmp: Path,
+             progress: Progress | None = None) -> Path:
+    """Write ``<day>/dump_<table>.csv`` for every table (header, then the
+    rows) and, from the same bytes, the archive ``archive_tmp`` (fsynced):
+    members ``<day>/`` and ``<day>/dump_<table>.csv``.
+
+    Memory stays bounded: at most three chunks of CHUNK_ROWS rows are held
+    (per process)."""
+    folder = data_dir / day
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(mode=0o755)
+    archive = ArchiveWriter(archive_tmp, data_dir / SPOOL)
+    try:
+        archive.add_dir(day)
+        for table in TABLES:
+            archive.start_file()
+            with open(folder / f"dump_{table}.csv", "wb", buffering=1 << 20) as handle:
+                header = (",".join(columns(table)) + "\r\n").encode()
+                handle.write(header)
+                archive.file_data(len(header), archive.compress(header))
+                if table in limits:
+                    _dump_table(store, data_dir, handle, archive, table, day, limits[table], progress)
+            archive.end_file(f"{day}/dump_{table}.csv")
+            _pause(f"dumped-{table}")
+        archive.close()
+    finally:
+        archive.discard()
+    return folder
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 10 and sys.argv[1] == "--dump-part":
+        dump_part(*sys.argv[2:])
+    else:
+        sys.exit("usage: python -m slapos_collect_recipe.archive --dump-part DB TABLE DAY FIRST LAST CSV GZ LEVEL")
