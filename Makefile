@@ -8,6 +8,7 @@ STAMP  := $(VENV)/.installed
 
 $(STAMP): setup.py constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11 or newer is needed" >&2; exit 1; }
+	@bash ci/install-system-deps ci/apt-base.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt --config-settings editable_mode=compat -e '.[monitor,cron,recipe,test]'
@@ -25,7 +26,6 @@ instance: $(STAMP) system-deps
 	@bash ci/run-instance
 
 test: $(STAMP) system-deps
-	@bash ci/setup-slapos-master
 	$(PY) -m ruff check slapos_collect_recipe tests benchmarks
 	$(PY) -m pytest -ra tests
 

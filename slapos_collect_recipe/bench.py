@@ -46,7 +46,6 @@ from pathlib import Path
 from . import config, lock, pystone, realtime
 from .atomic import write_atomic
 from .errors import CollectError
-from .schedule import bench_minute  # noqa: F401  (part of this module's API)
 from .store import DB_NAME, Store, bench_workload
 
 log = logging.getLogger("slapos_collect")

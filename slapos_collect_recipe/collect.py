@@ -92,5 +92,5 @@ def _publish(store: Store, settings: CollectSettings) -> None:
         rotate.rotate(store, settings)
     except CollectError:
         raise
-    except OSError as exc:
+    except (OSError, sqlite3.Error) as exc:
         raise CollectError(f"stored this run, but publishing failed: {exc}", exit_code=1) from None

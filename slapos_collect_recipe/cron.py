@@ -79,7 +79,7 @@ class Entry:
 
 def parse_crontab(name: str, text: str, seconds: bool = False) -> tuple[list[Entry], list[str]]:
     """The entries of one crontab file, and one message per line skipped."""
-    from croniter import croniter
+    from croniter import CroniterBadDateError, croniter
 
     fields = 6 if seconds else 5
     entries: list[Entry] = []
@@ -111,6 +111,11 @@ def parse_crontab(name: str, text: str, seconds: bool = False) -> tuple[list[Ent
             schedule, command = " ".join(parts[:fields]), parts[fields].strip()
             if not croniter.is_valid(schedule):
                 problems.append(f"{name} line {number}: bad schedule {schedule!r}")
+                continue
+            try:  # valid fields may still never match ("0 0 31 2 *"): such a line would stop the daemon
+                croniter(schedule).get_next(datetime)
+            except CroniterBadDateError:
+                problems.append(f"{name} line {number}: schedule {schedule!r} never comes")
                 continue
         if not command:
             problems.append(f"{name} line {number}: no command")

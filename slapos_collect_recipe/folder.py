@@ -89,7 +89,8 @@ def folder_size(root: str | os.PathLike) -> int:
 
 
 def _due(partitions: list[Partition], last: dict[str, float], cycle: int, now: float) -> list[Partition]:
-    return [p for p in partitions if p.path and now - last.get(p.label, 0.0) >= cycle]
+    return [p for p in partitions
+            if p.path and now - last.get(p.label, 0.0) >= cycle and os.path.isdir(p.path)]
 
 
 def measure_due(settings: CollectSettings, force: bool = False) -> int:

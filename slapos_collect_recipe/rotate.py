@@ -134,8 +134,8 @@ def _link_new(tmp: Path, final: Path) -> None:
 
 
 def _finish(store: Store, day: str, limits: dict[str, int]) -> int:
-    marked = store.mark_reported(day, limits)
-    with store.transaction():
+    with store.transaction():  # the marks and the end of the pending record, at once
+        marked = store.mark_reported(day, limits)
         store.set_state(PENDING_KEY, None)
     return marked
 

@@ -141,10 +141,12 @@ def sample_processes(
     previous_epoch: float | None,
     memory_total: int,
     max_percent: float,
+    boot_time: float | None = None,
 ) -> tuple[list[ProcessSample], int, int]:
     """Sample each process; returns (samples, vanished count, not-fully-readable count)."""
     read = _read_linux if _HAVE_PROC else _read_psutil
-    boot_time = psutil.boot_time()
+    if boot_time is None:
+        boot_time = psutil.boot_time()
     samples: list[ProcessSample] = []
     vanished = denied = 0
     interval = now - previous_epoch if previous_epoch else 0.0
@@ -250,7 +252,7 @@ def take(partitions: list[Partition], previous_state: dict | None, previous_cpu:
     members = find_processes(partitions)
     prev_epoch = previous_state.get("epoch") if previous_state else None
     processes, vanished, denied = sample_processes(
-        members, now, previous_cpu, prev_epoch, memory.total, 100.0 * ncpu
+        members, now, previous_cpu, prev_epoch, memory.total, 100.0 * ncpu, boot_time
     )
 
     cpu_times = psutil.cpu_times()._asdict()

@@ -1,5 +1,6 @@
-"""When a partition's periodic jobs run, shared by the recipe (which writes the
-cron entries) and the benchmarks. Imports nothing heavy: buildout loads it."""
+"""When a partition's periodic jobs run: the rule the recipe uses to place the
+benchmark cron entry (documented in the README, so that a fleet's operators can
+tell when a machine measures). Imports nothing heavy: buildout loads it."""
 
 from __future__ import annotations
 

@@ -367,6 +367,10 @@ class CombinedAccessLogger(AbstractAccessLogger):
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         sink: AccessLogFile = self.logger  # type: ignore[assignment]
         target = request.raw_path
+        if request.path[1:].partition("/")[0] == sink.secret:
+            # The first segment is the secret, perhaps percent-encoded: log it as <secret>.
+            ends = [i for i in (target.find("/", 1), target.find("?")) if i != -1]
+            target = "/<secret>" + target[min(ends) if ends else len(target):]
         if sink.secret in target:
             target = target.replace(sink.secret, "<secret>")
         headers = request.headers
@@ -538,7 +542,7 @@ class Monitor:
         if "\x00" in path or "\\" in path:
             return self.not_found()
         given, slash, rest = path[1:].partition("/")
-        if not hmac.compare_digest(given.encode(), self.secret):
+        if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), self.secret):
             return self.not_found()
         method = request.method
         if not slash:
@@ -702,7 +706,7 @@ class Monitor:
                 return self.not_found()
         else:
             self.cache.move_to_end(real)
-        if self._conditional(request, cached.etag, cached.mtime):
+        if cached.etag and self._conditional(request, cached.etag, cached.mtime):
             return web.Response(status=304, headers={"ETag": cached.etag, "Last-Modified": cached.last_modified})
         span = self._range(request, len(cached.body), cached.etag, cached.last_modified)
         if span is None:
@@ -722,12 +726,15 @@ class Monitor:
         except OSError:
             return None
         if len(body) != fst.st_size:
-            fst = os.stat(real)  # changed while read: serve what was read, do not cache it
+            # Changed while read (a CSV being appended): serve what was read, without
+            # validators a client could later match against the grown file, and uncached.
+            headers = dict(file_headers(real, fst)[0], **{"Cache-Control": "no-store"})
+            headers.pop("ETag", None)
+            headers.pop("Last-Modified", None)
+            return CachedFile((fst.st_ino, len(body), fst.st_mtime_ns), body, headers, "", "", int(fst.st_mtime))
         headers, etag, last_modified = file_headers(real, fst)
         entry = CachedFile((fst.st_ino, len(body), fst.st_mtime_ns), body, headers, etag, last_modified,
                            int(fst.st_mtime))
-        if len(body) != fst.st_size:
-            return entry
         old = self.cache.pop(real, None)
         if old is not None:
             self.cache_bytes -= len(old.body)
@@ -772,7 +779,7 @@ class Monitor:
                     await self._copy(response, handle, start, count)
             await response.write_eof()
         except ConnectionError:
-            log.debug("client gone during %s", request.path)
+            pass  # the client left mid-transfer: nothing to answer, nothing to log
         return response
 
     @staticmethod
@@ -790,7 +797,7 @@ class Monitor:
 
     async def send_db_copy(self, request: web.BaseRequest, real: str) -> web.StreamResponse:
         """collector.db as a consistent copy (backup API), never the live file."""
-        async with self.snapshots:
+        async with self.snapshots:  # copies at once, not the slow clients that read them
             try:
                 tmp = await asyncio.to_thread(self._snapshot, real)
             except (sqlite3.Error, OSError) as exc:
@@ -801,15 +808,15 @@ class Monitor:
                 handle = open(tmp, "rb")
             finally:
                 os.unlink(tmp)  # the open handle keeps the copy readable until sent
-            with handle:
-                st = os.fstat(handle.fileno())
-                headers = {
-                    "Content-Type": TYPES[".db"],
-                    "Cache-Control": "no-store",
-                    "Last-Modified": formatdate(st.st_mtime, usegmt=True),
-                    **SECURITY_HEADERS,
-                }
-                return await self.send_large(request, handle, st, headers, None, None, ranges=False)
+        with handle:
+            st = os.fstat(handle.fileno())
+            headers = {
+                "Content-Type": TYPES[".db"],
+                "Cache-Control": "no-store",
+                "Last-Modified": formatdate(st.st_mtime, usegmt=True),
+                **SECURITY_HEADERS,
+            }
+            return await self.send_large(request, handle, st, headers, None, None, ranges=False)
 
     def _snapshot(self, real: str) -> str:
         from .store import Store
@@ -918,16 +925,17 @@ class Monitor:
         response.content_length = total
         try:
             await response.prepare(request)
-            if request.method != "HEAD":
-                block = memoryview(BENCH_BLOCK)
-                left = total
-                while left > 0:
-                    chunk = block[:min(left, BENCH_CHUNK)]
-                    await response.write(chunk)
-                    left -= len(chunk)
-            await response.write_eof()
-        except ConnectionError:
-            log.debug("benchmark client gone")
+            async with asyncio.timeout(BENCH_TRANSFER_SECONDS):
+                if request.method != "HEAD":
+                    block = memoryview(BENCH_BLOCK)
+                    left = total
+                    while left > 0:
+                        chunk = block[:min(left, BENCH_CHUNK)]
+                        await response.write(chunk)
+                        left -= len(chunk)
+                await response.write_eof()
+        except (ConnectionError, TimeoutError):
+            pass  # the client left or stalled: the slot is freed below
         finally:
             self.bench_busy = False
         return response
@@ -944,9 +952,12 @@ class Monitor:
             received = 0
             while True:
                 try:
-                    chunk = await request.content.readany()
+                    async with asyncio.timeout(max(0.0, started + BENCH_TRANSFER_SECONDS - time.perf_counter())):
+                        chunk = await request.content.readany()
                 except ConnectionError:
                     return web.Response(status=400, text="upload interrupted\n")
+                except TimeoutError:
+                    return web.Response(status=408, text="upload too slow\n")
                 if not chunk:
                     break
                 received += len(chunk)
@@ -960,6 +971,8 @@ class Monitor:
 
 
 BENCH_BLOCK = os.urandom(BENCH_CHUNK)
+# A benchmark transfer holds the only bench slot: a stalled peer gives it back after this.
+BENCH_TRANSFER_SECONDS = 60.0
 
 
 # -- running ------------------------------------------------------------------

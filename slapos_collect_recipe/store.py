@@ -174,7 +174,7 @@ class Store:
         self.path = Path(path)
         self.readonly = readonly
         if readonly:
-            uri = f"file:{self.path}?mode=ro"
+            uri = self.path.absolute().as_uri() + "?mode=ro"  # escapes ?, # and % in the path
             self.db = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None)
         else:
             self.db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
@@ -325,23 +325,16 @@ class Store:
             )
         return sorted(days)
 
-    def mark_reported(self, day: str, up_to_rowid: dict[str, int] | None = None) -> int:
-        """Mark a day's rows reported in every table, in one transaction.
-
-        ``up_to_rowid`` limits each table to the rows that were dumped, so a row
-        written meanwhile is never marked without being archived."""
+    def mark_reported(self, day: str, up_to_rowid: dict[str, int]) -> int:
+        """Mark a day's dumped rows reported: in each table named in ``up_to_rowid``,
+        those up to its rowid, so a row written meanwhile is never marked without
+        being archived. Call inside ``transaction()``."""
         changed = 0
-        with self.transaction():
-            for table in TABLES:
-                limit = (up_to_rowid or {}).get(table)
-                if up_to_rowid is not None and limit is None:
-                    continue
-                sql = f'UPDATE "{table}" SET reported = 1 WHERE date = ? AND reported = 0'
-                params: tuple = (day,)
-                if limit is not None:
-                    sql += " AND rowid <= ?"
-                    params += (limit,)
-                changed += self.db.execute(sql, params).rowcount
+        for table, limit in up_to_rowid.items():
+            changed += self.db.execute(
+                f'UPDATE "{_table(table)}" SET reported = 1 WHERE date = ? AND reported = 0 AND rowid <= ?',
+                (day, limit),
+            ).rowcount
         return changed
 
     def delete_reported_before(self, day: str) -> int:

@@ -174,10 +174,20 @@ def test_vanished_and_reused_identities() -> None:
             [(proc.pid, "p"), (dead.pid, "p")], now, {ident: 10_000.0}, now - 60, 10**9, 200.0)
         assert vanished == 1
         assert [s.pid for s in samples] == [proc.pid]
-        assert 0 <= samples[0].cpu_percent <= 200
-        # Same pid, another creation time (pid reused): treated as first seen.
+
+        def since_start(sample) -> float:
+            return round(sample.cpu_time * 100.0 / (now - sample.create_time), 2)
+
+        # Measured since the process started, not from the bogus previous figure.
+        assert samples[0].cpu_percent == since_start(samples[0]) < 100
+        # Same pid, another creation time (pid reused): treated as first seen, so
+        # not (cpu_time - 0) over the 60 s since the previous run either.
         samples, _, _ = sample_processes([(proc.pid, "p")], now, {f"{proc.pid}-1.00": 0.0}, now - 60, 10**9, 200.0)
-        assert 0 <= samples[0].cpu_percent <= 200
+        assert samples[0].cpu_percent == since_start(samples[0])
+        # The same identity seen 60 s ago with 0.3 s less CPU: 0.5 %.
+        samples, _, _ = sample_processes([(proc.pid, "p")], now, {ident: samples[0].cpu_time - 0.3}, now - 60,
+                                         10**9, 200.0)
+        assert samples[0].cpu_percent == pytest.approx(0.5, abs=0.02)
     finally:
         proc.kill()
         proc.wait()

@@ -31,6 +31,7 @@ PATH=/usr/bin:/bin
 61 * * * * echo bad minute
 * * * *
 @sometimes echo no
+0 0 31 2 * echo never
 """
     entries, problems = parse_crontab("slapos-collect", text)
     assert [(e.schedule, e.command) for e in entries] == [
@@ -44,6 +45,7 @@ PATH=/usr/bin:/bin
         "slapos-collect line 8: bad schedule '61 * * * *'",
         "slapos-collect line 9: needs 5 time fields and a command",
         "slapos-collect line 10: unknown schedule '@sometimes'",
+        "slapos-collect line 11: schedule '0 0 31 2 *' never comes",
     ]
     entries, problems = parse_crontab("f", "* * * * * */2 echo fast\n", seconds=True)
     assert entries[0].schedule == "* * * * * */2" and not problems

@@ -361,13 +361,17 @@ def test_absolute_form_and_unknown_methods(served):
 def test_access_log_is_combined_and_hides_the_secret(served):
     served.get("/", {"User-Agent": 'agent "quoted"', "Referer": "http://example.invalid/"})
     served.get(path(served, "server-log/small.bin"))
+    # The secret percent-encoded (its first letter as %XX) opens the same page; it is hidden too.
+    encoded = f"%{ord(SECRET[0]):02X}" + SECRET[1:]
+    assert served.get(f"/{encoded}/metrics")[0] == 200
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         text = served.access_log.read_text() if served.access_log.exists() else ""
-        if "small.bin" in text and "quoted" in text:
+        if "small.bin" in text and "quoted" in text and "/metrics" in text:
             break
         time.sleep(0.2)
-    assert SECRET not in text
+    assert SECRET not in text and SECRET[1:] not in text
+    assert '"GET /<secret>/metrics HTTP/1.1" 200 ' in text
     line = next(x for x in text.splitlines() if "quoted" in x)
     assert re.fullmatch(
         r'127\.0\.0\.1 - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d \+0000\] "GET / HTTP/1\.1" 200 2 '

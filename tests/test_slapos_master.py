@@ -1,6 +1,6 @@
 """Requested from a SlapOS master: slapos.core's local master, as an ordinary user.
 
-ci/setup-slapos-master (run by `make test`, and again here) creates the user
+ci/setup-slapos-master (run by this module's set-up) creates the user
 and its venv; ci/slapos_master.py, run as that user, starts the master,
 supplies software.cfg, requests two instances with parameters and prints what
 they published. The partitions' own supervisord then runs their slapmonitor
