@@ -12,7 +12,7 @@ import logging
 import os
 import pwd
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import CollectError
@@ -45,7 +45,6 @@ class CollectSettings:
     folder_cycle: int = DEFAULT_FOLDER_CYCLE
     report_disk_usage: bool = True
     computer_id: str = ""
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:

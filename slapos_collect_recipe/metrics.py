@@ -238,7 +238,7 @@ class StoreCollector:
                 yield family
 
     def _benchmarks(self, store: Store) -> Iterator[Metric]:
-        rows = store.latest_benchmarks()
+        rows = [(name, value, unit) for name, (value, unit, _, _) in sorted(store.benchmark_latest_runs().items())]
         if not rows:
             return
         family = GaugeMetricFamily("slapos_benchmark_value", "Latest result of each machine benchmark",

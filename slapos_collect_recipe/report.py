@@ -13,6 +13,7 @@ import calendar
 import json
 import logging
 import re
+import sqlite3
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
@@ -209,14 +210,16 @@ def _process_date(process: str) -> str | None:
 
 
 def monitor_status(store: Store, partition: str, date: str, time_: str,
-                   sums: tuple | None) -> tuple[dict, dict, dict, list[dict]]:
-    """The process, memory and IO dicts and the per-process list of one run."""
+                   sums: sqlite3.Row | None, disk_kib: float | None) -> tuple[dict, dict, dict, list[dict]]:
+    """The process, memory and IO dicts and the per-process list of one run
+    (``sums``: the partition's row of ``Store.partition_totals``)."""
     stamp = f"{date} {time_}"
-    count, cpu, cpu_time, threads, mem_pct, rss, io_rw, io_cycles = sums or (0, 0, 0, 0, 0, 0, 0, 0)
+    count, cpu, cpu_time, threads, mem_pct, rss, io_rw, io_cycles = (
+        (sums["processes"], sums["cpu_percent"], sums["cpu_time"], sums["threads"], sums["memory_percent"],
+         sums["memory_rss"], sums["io_rw"], sums["io_cycles"]) if sums else (0, 0, 0, 0, 0, 0, 0, 0))
     process = {"total_process": count, "cpu_percent": _number(cpu), "cpu_time": _number(cpu_time / 60.0),
                "cpu_num_threads": _number(threads), "date": stamp}
     memory = {"memory_percent": _number(mem_pct), "memory_rss": _number(rss / MIB), "date": stamp}
-    disk_kib = store.latest_disk_used(partition)
     io = {"io_rw_counter": _number(io_rw), "io_cycles_counter": _number(io_cycles),
           "disk_used": _number((disk_kib or 0) / 1024.0), "date": stamp}
     processes = []
@@ -246,10 +249,12 @@ def publish_monitor(store: Store, partitions: Iterable[Partition], now: float | 
     stamp = store.latest_stamp("system")
     if stamp is None:
         return []
-    all_sums = store.run_partition_sums(*stamp)
+    all_sums = {row["partition"]: row for row in store.partition_totals(*stamp)}
+    folder_kib = store.latest_folder_sizes()
     written = []
     for label, folder in targets:
-        process, memory, io, processes = monitor_status(store, label, *stamp, all_sums.get(label))
+        process, memory, io, processes = monitor_status(store, label, *stamp, all_sums.get(label),
+                                                        folder_kib.get(label))
         status: dict = {}
         if process["total_process"]:
             append_history(folder / PROCESS_DATA, PROCESS_HEADER, ", ".join(str(process[k]) for k in (

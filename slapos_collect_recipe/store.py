@@ -26,6 +26,8 @@ if TYPE_CHECKING:  # typing is slow to import, and the collector starts every mi
 log = logging.getLogger("slapos_collect")
 
 DB_NAME = "collector.db"
+# Bump when _schema() changes: a store of an older version gets the new tables and indexes.
+SCHEMA_VERSION = 1
 
 # table -> its own columns (name, type), in order; STAMP columns follow.
 TABLES: dict[str, tuple[tuple[str, str], ...]] = {
@@ -191,9 +193,12 @@ class Store:
         if self.db.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
             raise CollectError(f"{self.path}: cannot switch to WAL mode")
         self.db.execute("PRAGMA synchronous = NORMAL")
+        if self.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+            return  # the usual case, every minute: no write lock taken just to open
         with self.transaction():
             for statement in _schema():
                 self.db.execute(statement)
+            self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @classmethod
     def open_or_recover(cls, path: str | os.PathLike) -> tuple[Store, Path | None]:
@@ -304,16 +309,6 @@ class Store:
 
     # -- end of benchmarks --------------------------------------------------
 
-    def iter_day(self, table: str, day: str, *, unreported_only: bool = False,
-                 batch: int = 5000) -> Iterator[tuple]:
-        """Stream one day's rows of a table, all columns, in insertion order."""
-        sql = f'SELECT * FROM "{_table(table)}" WHERE date = ?'
-        if unreported_only:
-            sql += " AND reported = 0"
-        cursor = self.db.execute(sql + " ORDER BY rowid", (day,))
-        while chunk := cursor.fetchmany(batch):
-            yield from chunk
-
     def unreported_days(self, before: str) -> list[str]:
         """Days before ``before`` (YYYY-MM-DD) with unreported rows in any table."""
         days: set[str] = set()
@@ -378,14 +373,6 @@ class Store:
                 'SELECT partition, disk_used, max(date || \' \' || time) FROM "folder" GROUP BY partition'
             )
         }
-
-    def latest_benchmarks(self) -> list[tuple[str, float, str]]:
-        """``(name, value, unit)`` of the latest row of each benchmark name."""
-        return [
-            (name, value, unit) for name, value, unit, _ in self.db.execute(
-                'SELECT name, value, unit, max(date || \' \' || time) FROM "benchmark" GROUP BY name ORDER BY name'
-            )
-        ]
 
     def backup_to(self, path: str | os.PathLike) -> None:
         """A consistent copy of the whole database into ``path`` (SQLite's backup
@@ -480,27 +467,6 @@ class Store:
             "ORDER BY cpu_percent DESC, pid",
             (date, time_, partition),
         ).fetchall()
-
-    def run_partition_sums(self, date: str, time_: str) -> dict[str, tuple]:
-        """``partition -> (processes, cpu_percent, cpu_time, cpu_num_threads,
-        memory_percent, memory_rss, io_rw_counter, io_cycles_counter)``, summed
-        over the partition's processes in the run stamped date/time."""
-        return {
-            row[0]: row[1:] for row in self.db.execute(
-                'SELECT partition, count(*), total(cpu_percent), total(cpu_time), total(cpu_num_threads), '
-                'total(memory_percent), total(memory_rss), total(io_rw_counter), total(io_cycles_counter) '
-                'FROM "user" WHERE date = ? AND time = ? GROUP BY partition',
-                (date, time_),
-            )
-        }
-
-    def latest_disk_used(self, partition: str) -> float | None:
-        """The partition's latest folder size (KiB), whatever its day."""
-        row = self.db.execute(
-            'SELECT disk_used FROM "folder" WHERE partition = ? ORDER BY date DESC, time DESC LIMIT 1',
-            (partition,),
-        ).fetchone()
-        return row[0] if row else None
 
     def has_reported_before(self, day: str) -> bool:
         """Whether garbage collection has anything to delete before ``day``."""

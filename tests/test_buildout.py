@@ -142,7 +142,7 @@ def test_instance_with_parameters(software: Path, tmp_path: Path) -> None:
                            timeout=300)
     assert bench.returncode == 0, bench.stderr
     with Store(part / "srv" / "collect" / "collector.db", readonly=True) as store:
-        assert store.latest_benchmarks()
+        assert store.benchmark_latest_runs()
 
     # The logrotate entry's command: a dry run, then a forced rotation.
     logrotate_line = (cron_d / "logrotate").read_text().strip()

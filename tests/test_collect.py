@@ -307,12 +307,21 @@ def test_folder_size_in_background(parts: dict[str, Path], data_dir: Path) -> No
 def test_running_walk_does_not_block_collect(parts: dict[str, Path], data_dir: Path) -> None:
     from slapos_collect_recipe import folder
 
-    with lock.exclusive(data_dir / folder.FOLDER_LOCK):
-        started = time.monotonic()
-        run_cli("collect", "--data-dir", str(data_dir), "--partition", f"a={parts['part-a']}", check=True)
-        elapsed = time.monotonic() - started
+    log_file = data_dir.parent / "collect.log"
+    args = ["collect", "--data-dir", str(data_dir), "--partition", f"a={parts['part-a']}", "--log-file", str(log_file)]
+    with lock.exclusive(data_dir / folder.FOLDER_LOCK):  # a walk "is running"
+        run_cli(*args, check=True)
+        time.sleep(1.5)
+        # collect saw the walk and started none (a walk started now would log that it found one running).
+        assert "folder walk is already running" not in log_file.read_text()
+        assert "collected" in log_file.read_text()
     assert rows(data_dir / "collector.db", "SELECT * FROM folder") == []
-    assert elapsed < 60  # sanity only: it did not wait for the walk
+    # The walk over, the next run starts one, which logs nothing but stores the size.
+    run_cli(*args, check=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not rows(data_dir / "collector.db", "SELECT * FROM folder"):
+        time.sleep(0.2)
+    assert len(rows(data_dir / "collector.db", "SELECT * FROM folder")) == 1
 
 
 # -- bad input: one line on stderr, non-zero exit, nothing lost ----------------

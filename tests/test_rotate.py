@@ -409,8 +409,8 @@ def test_rotate_waits_for_a_running_collect(data_dir: Path) -> None:
     holder.start()
     started.wait()
     proc = run_cli("rotate", "--data-dir", str(data_dir), check=True)
+    assert released.is_set()  # rotate finished only after the holder let the lock go
     holder.join()
-    assert released.is_set()
     assert (data_dir / f"{days_ago(1)}.tar.gz").exists()
     assert proc.stderr == ""
 
