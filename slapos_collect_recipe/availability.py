@@ -26,6 +26,7 @@ import calendar
 import csv
 import datetime as dt
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -551,7 +552,10 @@ class Analyser:
                 b = min(hi, (hour + 1) * 60) - base
                 up = (b - a) - fmap.count(0, a, b)
                 writer.writerow([time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(hour * 3600)), _percent(up, b - a)])
-            safe = re.sub(r"[^A-Za-z0-9_.-]", "_", comp.decode("utf-8", "replace"))
+            name = comp.decode("utf-8", "replace")
+            safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+            if safe != name:  # a custom --pattern let other characters in: keep the names apart
+                safe += "-" + hashlib.sha256(comp).hexdigest()[:8]
             yield f"availability_{safe}.csv", out.getvalue()
 
 

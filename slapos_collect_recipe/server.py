@@ -105,7 +105,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, metavar="N",
                         help=f"TCP port (default {DEFAULT_PORT}; 0 picks a free one, printed at start)")
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--secret", metavar="S", help="the URL secret (at least 22 characters of A-Z a-z 0-9 _ -)")
+    group.add_argument("--secret", metavar="S", help="the URL secret (at least 22 characters of A-Z a-z 0-9 _ -); "
+                       "local users can read it in ps: prefer --secret-file")
     group.add_argument("--secret-file", metavar="F",
                        help=f"file holding the secret, generated when missing (default DATA_DIR/{SECRET_NAME})")
     parser.add_argument("--cert", metavar="F", help="TLS certificate (PEM); generated self-signed when missing")

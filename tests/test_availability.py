@@ -557,3 +557,17 @@ def test_time_zones_and_invalid_stamps():
                 "[30/Foo/2026:00:00:00 +0000]", "[30/Nov/2026:00:00:0a +0000]", "[30/Nov/2026:00:00:00x+0000]",
                 "[30/Nov/2026:00:00:00 +0075]"):
         assert analyser._parse_stamp(bad.encode()) == -1, bad
+
+
+def test_csv_names_stay_apart_when_a_pattern_lets_unsafe_characters_in(tmp_path):
+    """Two ids that differ only in characters unfit for a file name get two CSVs."""
+    log = tmp_path / "access.log"
+    log.write_text("".join(line(T0 + 60 * k, "", target=f"/x?computer_reference=A{'/:'[k % 2]}1")
+                           for k in range(10)))
+    out = tmp_path / "csv"
+    out.mkdir()
+    proc = run_cli("availability", str(log), "--pattern", r"computer_reference=([^&\s]+)", "--csv", str(out),
+                   "-o", str(tmp_path / "stats.json"))
+    assert proc.returncode == 0, proc.stderr
+    names = sorted(p.name for p in out.iterdir())
+    assert len(names) == 2 and all(n.startswith("availability_A_1-") and n.endswith(".csv") for n in names), names
