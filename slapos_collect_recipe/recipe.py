@@ -244,11 +244,9 @@ class Recipe:
         self.port_requested = bool(raw.strip())
         if self.port_requested:
             return _int("port", raw, 0, 1, 65535)
-        port_file = self.paths["port_file"]
-        try:
-            return int(port_file.read_text().strip())
-        except (OSError, ValueError):
-            pass
+        stored = self._stored_port()
+        if stored is not None:
+            return stored
         number = partition_number(self.reference)
         first = self.port_base + (number % 1000 if number is not None else 0)
         candidates = [first] + [p for p in range(self.port_base, self.port_base + 1000) if p != first]
