@@ -41,23 +41,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_http(url: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                response.read()
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-
-
-def wait_tls(url: str, timeout: float = 30) -> None:
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
+def wait_http(url: str, timeout: float = 20, context: ssl.SSLContext | None = None) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -68,6 +52,14 @@ def wait_tls(url: str, timeout: float = 30) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+def wait_tls(url: str, timeout: float = 30) -> None:
+    """wait_http against a self-signed server (certificate not checked)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    wait_http(url, timeout, context)
 
 
 def monitor_urls(base: str) -> dict[str, str]:
