@@ -24,6 +24,21 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def link_new(tmp: str | os.PathLike, final: str | os.PathLike) -> bool:
+    """Give ``tmp`` the name ``final`` too, never replacing an existing file;
+    False when ``final`` exists. On a file system without hard links, ``tmp``
+    is renamed instead (the caller holds whatever lock makes that safe)."""
+    try:
+        os.link(tmp, final)
+    except FileExistsError:
+        return False
+    except OSError:
+        if os.path.lexists(final):
+            return False
+        os.rename(tmp, final)
+    return True
+
+
 def write_atomic(path: str | os.PathLike, data: str | bytes, mode: int = 0o644, *, replace: bool = True) -> bool:
     """Write ``data`` to ``path``: a temp file in the same dir, fsync, rename, fsync the dir.
 
@@ -46,11 +61,13 @@ def write_atomic(path: str | os.PathLike, data: str | bytes, mode: int = 0o644, 
             os.replace(tmp, path)
         else:
             try:
-                os.link(tmp, path)
-            except FileExistsError:
-                return False
+                if not link_new(tmp, path):
+                    return False
             finally:
-                os.unlink(tmp)
+                try:
+                    os.unlink(tmp)
+                except FileNotFoundError:
+                    pass  # renamed: no hard links there
     except BaseException:
         try:
             os.unlink(tmp)

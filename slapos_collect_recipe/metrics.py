@@ -134,28 +134,24 @@ class StoreCollector:
             yield GaugeMetricFamily(
                 "slapos_collect_last_run_timestamp_seconds",
                 "When the collector's latest run was stamped (Unix time, UTC)", value=stamp)
-        gauges = (
-            ("node_load1", "1m load average", "loadavg"),
-            ("node_cpu_busy_percent", "Machine CPU busy percentage (100 - idle) at the latest run", "cpu_percent"),
-            ("node_memory_used_bytes", "Memory used (total - available)", "memory_used"),
-            ("node_memory_MemAvailable_bytes", "Memory available", "memory_free"),
+        Gauge, Counter = GaugeMetricFamily, CounterMetricFamily
+        families = (
+            (Gauge, "node_load1", "1m load average", "loadavg"),
+            (Gauge, "node_cpu_busy_percent", "Machine CPU busy percentage (100 - idle) at the latest run",
+             "cpu_percent"),
+            (Gauge, "node_memory_used_bytes", "Memory used (total - available)", "memory_used"),
+            (Gauge, "node_memory_MemAvailable_bytes", "Memory available", "memory_free"),
+            (Counter, "node_network_receive_bytes", "Bytes received, all interfaces", "net_in_bytes"),
+            (Counter, "node_network_transmit_bytes", "Bytes sent, all interfaces", "net_out_bytes"),
+            (Counter, "node_network_receive_errs", "Receive errors, all interfaces", "net_in_errors"),
+            (Counter, "node_network_transmit_errs", "Transmit errors, all interfaces", "net_out_errors"),
+            (Counter, "node_network_receive_drop", "Received packets dropped, all interfaces", "net_in_dropped"),
+            (Counter, "node_network_transmit_drop", "Outgoing packets dropped, all interfaces", "net_out_dropped"),
         )
-        for name, help_text, column in gauges:
+        for family, name, help_text, column in families:
             value = _number(row[column])
             if value is not None:
-                yield GaugeMetricFamily(name, help_text, value=value)
-        counters = (
-            ("node_network_receive_bytes", "Bytes received, all interfaces", "net_in_bytes"),
-            ("node_network_transmit_bytes", "Bytes sent, all interfaces", "net_out_bytes"),
-            ("node_network_receive_errs", "Receive errors, all interfaces", "net_in_errors"),
-            ("node_network_transmit_errs", "Transmit errors, all interfaces", "net_out_errors"),
-            ("node_network_receive_drop", "Received packets dropped, all interfaces", "net_in_dropped"),
-            ("node_network_transmit_drop", "Outgoing packets dropped, all interfaces", "net_out_dropped"),
-        )
-        for name, help_text, column in counters:
-            value = _number(row[column])
-            if value is not None:
-                yield CounterMetricFamily(name, help_text, value=value)
+                yield family(name, help_text, value=value)
 
     def _machine(self, store: Store) -> Iterator[Metric]:
         rows = store.latest_rows("computer")

@@ -15,11 +15,14 @@ import logging
 import re
 import sqlite3
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .atomic import TMP_SUFFIX, write_atomic
+
+if TYPE_CHECKING:  # the journal's XML is imported only when a day is reported, not every minute
+    import xml.etree.ElementTree as ET
 from .config import Partition
 from .store import Store
 
@@ -46,13 +49,17 @@ def _number(value: float | None) -> float:
 # -- the daily XML consumption journal ------------------------------------------
 
 def _text(parent: ET.Element, tag: str, text: str) -> ET.Element:
-    element = ET.SubElement(parent, tag)
+    from xml.etree.ElementTree import SubElement
+
+    element = SubElement(parent, tag)
     element.text = text
     return element
 
 
 def _movement(transaction: ET.Element, resource: str, title: str, reference: str, quantity: float) -> None:
-    movement = ET.SubElement(transaction, "movement")
+    from xml.etree.ElementTree import SubElement
+
+    movement = SubElement(transaction, "movement")
     _text(movement, "resource", resource)
     _text(movement, "title", title)
     _text(movement, "reference", reference)
@@ -70,6 +77,8 @@ def consumption_journal(store: Store, day: str, computer_id: str) -> bytes:
     memory and disk in MiB. A partition's CPU and memory are averaged over
     every run of the day (a run where it had no process counts as 0); its disk
     over the day's folder measurements."""
+    import xml.etree.ElementTree as ET
+
     root = ET.Element("journal")
     transaction = ET.SubElement(root, "transaction", {"type": "Sale Packing List"})
     _text(transaction, "title", f"Eco Information for {computer_id} ")

@@ -42,7 +42,7 @@ from datetime import date, timedelta
 from pathlib import Path
 
 from . import config, lock, report
-from .atomic import fsync_dir
+from .atomic import fsync_dir, link_new
 from .errors import CollectError
 from .store import DB_NAME, Store
 
@@ -120,19 +120,6 @@ def archive_name(data_dir: Path, day: str) -> str:
     return name
 
 
-def _link_new(tmp: Path, final: Path) -> None:
-    """Give ``tmp`` the name ``final``, never replacing an existing file."""
-    try:
-        os.link(tmp, final)
-    except FileExistsError:
-        raise
-    except OSError:
-        # A file system without hard links: we hold the lock, so check, then rename.
-        if final.exists():
-            raise FileExistsError(17, "File exists", str(final)) from None
-        os.rename(tmp, final)
-
-
 def _finish(store: Store, day: str, limits: dict[str, int]) -> int:
     with store.transaction():  # the marks and the end of the pending record, at once
         marked = store.mark_reported(day, limits)
@@ -166,7 +153,8 @@ def rotate_day(store: Store, settings: config.CollectSettings, day: str, result:
         store.set_state(PENDING_KEY, {"day": day, "archive": name, "limits": limits})
     _pause("pending")
     try:
-        _link_new(tmp, data_dir / name)
+        if not link_new(tmp, data_dir / name):
+            raise FileExistsError(17, "File exists", str(data_dir / name))
     except OSError as exc:
         with store.transaction():
             store.set_state(PENDING_KEY, None)
