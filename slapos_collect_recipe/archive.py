@@ -9,8 +9,6 @@ halves by two processes. ``python -m slapos_collect_recipe.archive
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import os
 import shutil
@@ -33,9 +31,10 @@ log = logging.getLogger("slapos_collect")
 # level 9 (the original's, tarfile's default) for an archive ~45 % larger.
 GZIP_LEVEL = 1
 # Rows formatted, written and compressed at a time; a table with at least
-# SPLIT_ROWS rowids is dumped in two halves by two processes.
+# SPLIT_ROWS rowids is dumped in two parts by two processes.
 CHUNK_ROWS = 10000
 SPLIT_ROWS = 200000
+HELPER_SHARE = 45  # % of a split table's rowids dumped here; the helper does the rest
 
 
 class ArchiveWriter:
@@ -116,28 +115,21 @@ def gzip_member(data: bytes, level: int = GZIP_LEVEL) -> bytes:
     return compressor.compress(data) + compressor.flush()
 
 
-def _write_rows(cursor, handle, sink, progress: Progress | None = None, table: str = "",
+def _write_rows(chunks, handle, sink, progress: Progress | None = None, table: str = "",
                 total: int = 0) -> int:
-    """Format rows with ``csv.writer`` (the cheapest in CPU), CHUNK_ROWS at a
-    time; each chunk goes to ``handle`` as is and to ``sink(size, member)``
-    as a gzip member (compressed by a worker thread while the next chunk is
-    formatted). Returns the number of rows."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
+    """Write CSV slices (``Store.csv_chunks``) to ``handle`` as they are and
+    to ``sink(size, member)`` as gzip members (compressed by a worker thread
+    while the next slice is read). Returns the number of rows."""
     queue: deque[tuple[int, Future]] = deque()
     rows = 0
     with ThreadPoolExecutor(1, thread_name_prefix="gzip") as pool:
-        while batch := cursor.fetchmany(CHUNK_ROWS):
-            writer.writerows(batch)
-            data = buffer.getvalue().encode("utf-8")
-            buffer.seek(0)
-            buffer.truncate()
+        for count, data in chunks:
             handle.write(data)
             queue.append((len(data), pool.submit(gzip_member, data, GZIP_LEVEL)))
             while len(queue) > 2:
                 size, future = queue.popleft()
                 sink(size, future.result())
-            rows += len(batch)
+            rows += count
             if progress is not None:
                 progress.draw(table, rows, total)
         while queue:
@@ -170,8 +162,26 @@ def dump_part(db_path: str, table: str, day: str, first: str, last: str, part_cs
     GZIP_LEVEL = int(level)
     with Store(db_path, readonly=True) as reader, open(part_csv, "wb", buffering=1 << 20) as handle, \
             open(part_gz, "wb", buffering=1 << 20) as members:
-        _write_rows(reader.dump_rows(table, day, int(last), int(first)), handle,
+        _write_rows(reader.csv_chunks(table, day, int(last), int(first), CHUNK_ROWS), handle,
                     lambda _size, member: members.write(member))
+
+
+def _append_file(source, target, size: int) -> None:
+    """Append ``size`` bytes of ``source`` to ``target`` (both flushed files),
+    copied by the kernel when it can."""
+    done = 0
+    try:
+        while done < size:
+            copied = os.copy_file_range(source.fileno(), target.fileno(), size - done)
+            if copied == 0:
+                break
+            done += copied
+    except OSError:  # a file system or kernel without it: copy through here
+        pass
+    if done < size:
+        source.seek(done)
+        target.seek(0, os.SEEK_END)
+        shutil.copyfileobj(source, target, 1 << 20)
 
 
 def _die_with_parent() -> None:
@@ -201,22 +211,26 @@ def _dump_table(store: Store, data_dir: Path, handle, archive: ArchiveWriter, ta
     helper = None
     end = high
     if (os.cpu_count() or 1) > 1 and high - low + 1 >= SPLIT_ROWS:
-        middle = (low + high) // 2
+        # The helper takes a bit more: this process also writes the archive
+        # and copies the helper's part after its own.
+        middle = low + (high - low) * HELPER_SHARE // 100
         helper, part_csv, part_gz = _start_helper(store, data_dir, table, day, middle + 1, high)
         end = middle
     try:
-        rows = _write_rows(store.dump_rows(table, day, end, low), handle, archive.file_data, progress, table,
+        rows = _write_rows(store.csv_chunks(table, day, end, low, CHUNK_ROWS), handle, archive.file_data, progress, table,
                            total)
         if helper is not None and helper.wait() == 0:
             size = part_csv.stat().st_size
+            handle.flush()
             with open(part_csv, "rb") as part:
-                shutil.copyfileobj(part, handle, 1 << 20)
+                _append_file(part, handle, size)
             with open(part_gz, "rb") as members:
                 archive.file_members(size, members)
         elif helper is not None:
             log.warning("rotate: the helper dumping %s of %s failed (%s); doing its half here",
                         table, day, helper.returncode)
-            rows += _write_rows(store.dump_rows(table, day, high, end + 1), handle, archive.file_data)
+            rows += _write_rows(store.csv_chunks(table, day, high, end + 1, CHUNK_ROWS), handle,
+                               archive.file_data)
     finally:
         if helper is not None:
             if helper.poll() is None:

@@ -46,7 +46,7 @@ from pathlib import Path
 from . import config, lock, pystone, realtime
 from .atomic import write_atomic
 from .errors import CollectError
-from .store import DB_NAME, Store, bench_workload
+from .store import BACKGROUND_TIMEOUT, DB_NAME, Store, bench_workload
 
 log = logging.getLogger("slapos_collect")
 
@@ -662,7 +662,7 @@ def build_status(latest: dict[str, tuple[float, str, str, str]], baselines: dict
 def store_results(settings: BenchSettings, medians: dict[str, float], spreads: dict[str, float],
                   day: str, clock: str) -> dict:
     """Insert the run (one stamp), update the baselines, write the status and CSVs."""
-    with Store(settings.data_dir / DB_NAME) as store:
+    with Store(settings.data_dir / DB_NAME, timeout=BACKGROUND_TIMEOUT) as store:
         with store.transaction():
             rows = []
             for name, value in medians.items():

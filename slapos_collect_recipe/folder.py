@@ -19,7 +19,7 @@ import time
 
 from . import config, lock
 from .config import CollectSettings, Partition
-from .store import DB_NAME, Store
+from .store import BACKGROUND_TIMEOUT, DB_NAME, Store
 
 log = logging.getLogger("slapos_collect")
 
@@ -105,7 +105,7 @@ def measure_due(settings: CollectSettings, force: bool = False) -> int:
             continue
         size_kib = folder_size(part.path) // 1024
         stamp = time.gmtime()
-        with Store(settings.data_dir / DB_NAME) as store, store.transaction():
+        with Store(settings.data_dir / DB_NAME, timeout=BACKGROUND_TIMEOUT) as store, store.transaction():
             store.insert("folder", [(part.label, size_kib)],
                          time.strftime("%Y-%m-%d", stamp), time.strftime("%H:%M:%S", stamp))
             last = store.get_state(STATE_KEY, {})

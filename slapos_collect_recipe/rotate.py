@@ -127,8 +127,32 @@ def _finish(store: Store, day: str, limits: dict[str, int]) -> int:
     return marked
 
 
+def _mark_until_told(path: Path, day: str, limits: dict[str, int], decision) -> int:
+    """Mark the day's dumped rows reported in a transaction of this thread's
+    own connection, then wait: ``decision.get()`` True commits (and ends the
+    pending record, in the same transaction), False rolls back. Readers on
+    other connections (the dump) never see the uncommitted marks (WAL)."""
+    with Store(path) as marker, marker.transaction():
+        marked = marker.mark_reported(day, limits)
+        if not decision.get():
+            raise _RolledBack
+        marker.set_state(PENDING_KEY, None)
+    return marked
+
+
+class _RolledBack(Exception):
+    pass
+
+
 def rotate_day(store: Store, settings: config.CollectSettings, day: str, result: RotateResult,
                progress: Progress | None = None) -> None:
+    """Dump and archive one day; mark its rows reported once the archive is durable.
+
+    The pending record is committed first (the archive's final name appears
+    only once it is complete, and that is what ``recover`` looks for). The
+    marks are made meanwhile, by a thread, in a transaction committed only
+    after the archive is linked and its directory fsynced: marking costs no
+    time of its own, and a kill before that commit leaves no row marked."""
     data_dir = settings.data_dir
     limits = store.unreported_limits(day)
     if not limits:
@@ -138,34 +162,50 @@ def rotate_day(store: Store, settings: config.CollectSettings, day: str, result:
     # The dump machinery is imported only when a day is due: the per-minute
     # collect calls rotate() and must start fast.
     from concurrent.futures import ThreadPoolExecutor
+    from queue import SimpleQueue
 
     from .archive import dump_day
 
-    # The day's journal is computed on the side, while the day is dumped.
-    with ThreadPoolExecutor(1, thread_name_prefix="report") as side:
-        journal = None
-        if report.report_path(data_dir, day) is not None:
-            journal = side.submit(report.journal_from, store.path, day, settings.computer_id)
-        dump_day(store, data_dir, day, limits, tmp, progress)
-        journal_bytes = journal.result() if journal is not None else None
-    _pause("packed")
     with store.transaction():
         store.set_state(PENDING_KEY, {"day": day, "archive": name, "limits": limits})
     _pause("pending")
-    try:
-        if not link_new(tmp, data_dir / name):
-            raise FileExistsError(17, "File exists", str(data_dir / name))
-    except OSError as exc:
-        with store.transaction():
-            store.set_state(PENDING_KEY, None)
-        raise CollectError(f"cannot create {data_dir / name}: {exc.strerror or exc}") from None
-    tmp.unlink(missing_ok=True)
-    fsync_dir(data_dir)
-    _pause("linked")
-    written = report.write_consumption_report(store, data_dir, day, settings.computer_id, journal_bytes)
-    if written:
-        result.reports.append(written)
-    result.rows_reported += _finish(store, day, limits)
+    decision: SimpleQueue[bool] = SimpleQueue()
+    told = linked = False
+    # The day's journal is computed on the side too, while the day is dumped.
+    with ThreadPoolExecutor(2, thread_name_prefix="rotate") as side:
+        marks = side.submit(_mark_until_told, store.path, day, limits, decision)
+        try:
+            journal = None
+            if report.report_path(data_dir, day) is not None:
+                journal = side.submit(report.journal_from, store.path, day, settings.computer_id)
+            dump_day(store, data_dir, day, limits, tmp, progress)
+            journal_bytes = journal.result() if journal is not None else None
+            _pause("packed")
+            try:
+                linked = link_new(tmp, data_dir / name)
+                if not linked:
+                    raise FileExistsError(17, "File exists", str(data_dir / name))
+            except OSError as exc:
+                raise CollectError(f"cannot create {data_dir / name}: {exc.strerror or exc}") from None
+            tmp.unlink(missing_ok=True)
+            fsync_dir(data_dir)
+            _pause("linked")
+            written = report.write_consumption_report(store, data_dir, day, settings.computer_id, journal_bytes)
+            if written:
+                result.reports.append(written)
+            decision.put(True)
+            told = True
+            result.rows_reported += marks.result()
+        except BaseException:
+            if not told:
+                decision.put(False)
+                failure = marks.exception()
+                if failure is not None and not isinstance(failure, _RolledBack):
+                    log.warning("rotate: marking %s failed too: %s", day, failure)
+            if not linked:  # no archive: the day is simply redone (else recover() completes it)
+                with store.transaction():
+                    store.set_state(PENDING_KEY, None)
+            raise
     _pause("marked")
     shutil.rmtree(data_dir / day)
     result.days.append(day)

@@ -26,6 +26,9 @@ if TYPE_CHECKING:  # typing is slow to import, and the collector starts every mi
 log = logging.getLogger("slapos_collect")
 
 DB_NAME = "collector.db"
+# How long a background writer (the folder walk, a benchmark run) waits for
+# the write lock: a rotation holds it while a day is dumped (see rotate_day).
+BACKGROUND_TIMEOUT = 600.0
 # Bump when _schema() changes: a store of an older version gets the new tables and indexes.
 SCHEMA_VERSION = 1
 
@@ -116,6 +119,15 @@ def _table(table: str) -> str:
     if table not in TABLES:
         raise ValueError(f"unknown table {table!r}")
     return table
+
+
+def _csv_field(name: str) -> str:
+    """SQL for one value as a CSV field, quoted when ``csv.writer`` would quote it
+    (a comma, a double quote, CR or LF in it); NULL is an empty field."""
+    column = f'"{name}"'
+    return (f"CASE WHEN {column} IS NULL THEN '' WHEN instr({column}, ',') OR instr({column}, '\"') "
+            f"OR instr({column}, char(10)) OR instr({column}, char(13)) "
+            f"THEN '\"' || replace({column}, '\"', '\"\"') || '\"' ELSE {column} END")
 
 
 def _schema() -> list[str]:
@@ -313,11 +325,12 @@ class Store:
         """Days before ``before`` (YYYY-MM-DD) with unreported rows in any table."""
         days: set[str] = set()
         for table in TABLES:
-            days.update(
-                day for (day,) in self.db.execute(
-                    f'SELECT DISTINCT date FROM "{table}" WHERE reported = 0 AND date < ?', (before,)
-                )
-            )
+            # One index seek per day found (DISTINCT would read every entry of the partial index).
+            day = ""
+            while (day := self.db.execute(
+                    f'SELECT min(date) FROM "{table}" WHERE reported = 0 AND date > ? AND date < ?',
+                    (day, before)).fetchone()[0]) is not None:
+                days.add(day)
         return sorted(days)
 
     def mark_reported(self, day: str, up_to_rowid: dict[str, int]) -> int:
@@ -412,21 +425,42 @@ class Store:
             f'SELECT count(*) FROM "{_table(table)}" WHERE date = ? AND reported = 0', (day,)
         ).fetchone()[0]
 
-    def dump_rows(self, table: str, day: str, up_to_rowid: int, from_rowid: int = 0) -> sqlite3.Cursor:
-        """A cursor over the day's unreported rows with ``from_rowid <= rowid <=
-        up_to_rowid``, all columns, in insertion order: iterate it to stream
-        (bounded memory)."""
-        return self.db.execute(
-            f'SELECT * FROM "{_table(table)}" WHERE date = ? AND reported = 0 AND rowid BETWEEN ? AND ? '
-            "ORDER BY rowid",
-            (day, from_rowid, up_to_rowid),
-        )
+    def csv_chunks(self, table: str, day: str, up_to_rowid: int, from_rowid: int = 0,
+                   rows: int = 10000) -> Iterator[tuple[int, bytes]]:
+        """The day's unreported rows with ``from_rowid <= rowid <= up_to_rowid``,
+        in insertion order, as CSV lines (``\\r\\n`` after each), ``rows`` at a
+        time: yields ``(number of rows, bytes)``; memory does not grow with the day.
+
+        SQLite formats the lines (about 2.5 times cheaper than Python's
+        ``csv``, which needs a Python object per value). The fast expression
+        joins the values as they are; a slice where a value held a comma, a quote or a
+        line break (the count of those bytes tells, exactly) is formatted again
+        with quoting, as ``csv.writer`` would (QUOTE_MINIMAL). Numbers are
+        written as SQLite writes them as text."""
+        names = [name for name, _ in TABLES[_table(table)] + STAMP]
+        # printf's %s writes NULL as nothing; one call is cheaper than ||.
+        plain = "printf('{}', {})".format(",".join("%s" for _ in names), ", ".join(f'"{n}"' for n in names))
+        quoted = " || ',' || ".join(_csv_field(name) for name in names)
+        where = f'FROM "{table}" WHERE date = ? AND reported = 0 AND rowid > ? AND rowid <= ?'
+        fast = f"SELECT rowid, CAST({plain} AS BLOB) {where} ORDER BY rowid LIMIT ?"
+        slow = f"SELECT CAST({quoted} AS BLOB) {where} ORDER BY rowid"
+        separators = len(names) - 1
+        last = from_rowid - 1
+        while batch := self.db.execute(fast, (day, last, up_to_rowid, rows)).fetchall():
+            first, last = last, batch[-1][0]
+            data = b"\r\n".join([line for _, line in batch])
+            count = len(batch)
+            if (data.count(b",") != count * separators or data.count(b"\n") != count - 1
+                    or data.count(b"\r") != count - 1 or b'"' in data):
+                data = b"\r\n".join([line for (line,) in self.db.execute(slow, (day, first, last))])
+            yield count, data + b"\r\n"
 
     def unreported_rowid_range(self, table: str, day: str) -> tuple[int, int] | None:
         """Lowest and highest rowid of the day's unreported rows."""
-        low, high = self.db.execute(
-            f'SELECT min(rowid), max(rowid) FROM "{_table(table)}" WHERE date = ? AND reported = 0', (day,)
-        ).fetchone()
+        # Two queries: min() alone and max() alone are index seeks, both at once a scan.
+        where = f'FROM "{_table(table)}" WHERE date = ? AND reported = 0'
+        (low,) = self.db.execute(f"SELECT min(rowid) {where}", (day,)).fetchone()
+        (high,) = self.db.execute(f"SELECT max(rowid) {where}", (day,)).fetchone()
         return None if low is None else (low, high)
 
     def day_system_averages(self, day: str) -> tuple[int, float | None, float | None]:

@@ -131,6 +131,7 @@ def test_cpu_and_sqlite_are_stored_charted_and_compared(tmp_path, data_dir):
         assert entry["ratio"] == 1.0 and entry["value"] == entry["baseline"]  # its own first run
         assert isinstance(entry["value"], float) and isinstance(entry["degraded"], bool)
 
+    time.sleep(1.1)  # stamps have one-second resolution, and a CSV never gets one stamp twice
     second = bench_json(data_dir, cfg, "cpu", preexec_fn=favoured)
     assert sorted(second["values"]) == ["cpu_all", "cpu_single"]
     ratio = second["values"]["cpu_single"] / first["values"]["cpu_single"]
@@ -342,14 +343,20 @@ def test_timeout_stores_nothing(tmp_path, data_dir):
     assert_nothing_stored(data_dir)
 
 
-def test_timeout_in_the_all_cores_phase_leaves_no_worker(tmp_path, data_dir):
-    """In-process, so that the workers can be looked for afterwards: the loop
-    count is set so that one run takes about 0.3 s, and the limit falls after
-    the single-core runs, while the per-core workers run."""
+def test_timeout_in_the_all_cores_phase_leaves_no_worker(tmp_path, data_dir, monkeypatch):
+    """In-process, so that the workers can be looked for afterwards. The limit
+    must fall while the per-core workers run, whatever this machine's speed
+    does meanwhile: the single-core runs of this process are skipped (a made-up
+    figure), and the workers (forked, so they inherit the patch) each run the
+    real loop for several seconds."""
     import multiprocessing
 
-    seconds, rate = bench.pystone.pystones(20000)
-    settings = bench.BenchSettings(data_dir=data_dir, kinds=["cpu"], cpu_loops=max(1000, int(rate * 0.3)))
+    parent = os.getpid()
+    real = bench.pystone.pystones
+    monkeypatch.setattr(bench.pystone, "pystones",
+                        lambda loops: (0.001, 1000.0) if os.getpid() == parent else real(loops))
+    seconds, rate = real(20000)
+    settings = bench.BenchSettings(data_dir=data_dir, kinds=["cpu"], cpu_loops=max(1000, int(rate * 5)))
     settings.repeat["cpu"] = 3
     with pytest.raises(bench.TimeLimit):
         with bench.time_limit(1.5):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import math
 import os
 import pty
 import signal
@@ -22,6 +23,7 @@ from conftest import SCRIPTS, run_cli
 
 from slapos_collect_recipe import archive as archive_module
 from slapos_collect_recipe import config, lock, rotate
+from slapos_collect_recipe.errors import CollectError
 from slapos_collect_recipe.store import DB_NAME, TABLES, Store, columns
 
 
@@ -55,12 +57,20 @@ def archive_rows(data_dir: Path) -> dict[str, list[list[str]]]:
     """table -> every data row in every archive of data_dir (headers checked)."""
     found: dict[str, list[list[str]]] = {t: [] for t in TABLES}
     for path in sorted(data_dir.glob("*.tar.gz")):
-        with tarfile.open(path) as tar:
-            for table in TABLES:
-                member = tar.extractfile(f"{path.name.split('.')[0]}/dump_{table}.csv")
-                rows = list(csv.reader(io.TextIOWrapper(member, encoding="utf-8", newline="")))
-                assert rows[0] == columns(table)
-                found[table].extend(rows[1:])
+        for table, rows in archive_rows_of(path).items():
+            found[table].extend(rows)
+    return found
+
+
+def archive_rows_of(path: Path) -> dict[str, list[list[str]]]:
+    """table -> the data rows of one archive (headers checked)."""
+    found = {}
+    with tarfile.open(path) as tar:
+        for table in TABLES:
+            member = tar.extractfile(f"{path.name.split('.')[0]}/dump_{table}.csv")
+            rows = list(csv.reader(io.TextIOWrapper(member, encoding="utf-8", newline="")))
+            assert rows[0] == columns(table)
+            found[table] = rows[1:]
     return found
 
 
@@ -141,6 +151,57 @@ def test_archives_read_with_gzip_and_gnu_tar(data_dir: Path, tmp_path: Path) -> 
         rows = list(csv.reader(handle))
     assert rows[0] == columns("user")
     assert sorted(tuple(r[:-1]) for r in rows[1:]) == sorted(_all_rows(data_dir, "user"))
+
+
+AWKWARD = ["a,b", 'say "hi"', "line\nbreak", "cr\ronly", "crlf\r\nend", "ünï ☃", "", None, " lead", "plain"]
+
+
+def _same_value(cell: str, value) -> bool:
+    if value is None:
+        return cell == ""
+    if isinstance(value, float):
+        return cell != "" and math.isclose(float(cell), value, rel_tol=1e-14)
+    if isinstance(value, int):
+        return cell == str(value)
+    return cell == value
+
+
+def test_dump_quotes_like_the_csv_module_and_reads_back(data_dir: Path) -> None:
+    """SQLite formats the lines; a slice holding a comma, a quote or a line
+    break is formatted again with quoting: csv.reader gives back every value,
+    however the rows fall into slices."""
+    day = days_ago(1)
+    floats = [0.1 + 0.2, 1e20, -0.0, 1 / 3, 2.0**53, 123456.789e-30, None, 7.0, 1e-7, 99.5]
+    with Store(data_dir / DB_NAME) as store, store.transaction():
+        store.insert("user", [(f"p{i}", 1000.0 + i, f"{1000 + i}-17.0", 1.0, 2.0, 1, 0.5, 4096.0, 0.0, 0.0)
+                              for i in range(40)], day, "00:00:00")
+        store.insert("user", [(name, 1.0, name, value, 2.0, 1, 0.5, 4096.0, value, 0.0)
+                              for name, value in zip(AWKWARD, floats, strict=True)], day, "00:01:00")
+        store.insert("user", [(f"q{i}", 2000.0 + i, "x", 1.0, 2.0, 1, 0.5, 4096.0, 0.0, 0.0) for i in range(40)],
+                     day, "00:02:00")
+        store.insert("disk", [(name, name, "free", "/") for name in AWKWARD], day, "00:00:00")
+    with Store(data_dir / DB_NAME) as store:
+        top = store.unreported_limits(day)
+        by_slice = {size: b"".join(data for _, data in store.csv_chunks("user", day, top["user"], 0, size))
+                    for size in (1, 3, 7, 1000)}
+        disk = b"".join(data for _, data in store.csv_chunks("disk", day, top["disk"], 0, 4))
+    assert len(set(by_slice.values())) == 1, "the slicing changed the output"
+    db = sqlite3.connect(data_dir / DB_NAME)
+    expected = db.execute('SELECT * FROM "user" ORDER BY rowid').fetchall()
+    disk_rows = db.execute('SELECT * FROM "disk" ORDER BY rowid').fetchall()
+    db.close()
+    got = list(csv.reader(io.StringIO(by_slice[3].decode("utf-8"), newline="")))
+    assert len(got) == len(expected) == 90
+    for cells, row in zip(got, expected, strict=True):
+        assert len(cells) == len(row)
+        assert all(_same_value(c, v) for c, v in zip(cells, row, strict=True)), (cells, row)
+    # A table of text only: byte for byte what csv.writer writes.
+    buffer = io.StringIO(newline="")
+    csv.writer(buffer).writerows(disk_rows)
+    assert disk == buffer.getvalue().encode("utf-8")
+    # And through the real command, into the archive.
+    run_cli("rotate", "--data-dir", str(data_dir), check=True)
+    assert archive_rows(data_dir)["user"] == got
 
 
 def test_rotate_twice_changes_nothing(data_dir: Path) -> None:
@@ -252,15 +313,12 @@ def test_kill_9_at_any_point_loses_nothing(data_dir: Path, point: str) -> None:
 
 
 def _all_rows(data_dir: Path, table: str, where: str = "1") -> list[tuple]:
-    """Rows as the dump writes them (text), all columns but ``reported``."""
+    """Rows as the dump writes them (SQLite's text of each value, NULL as an
+    empty field), all columns but ``reported``."""
+    texts = ", ".join(f"ifnull(CAST(\"{name}\" AS TEXT), '')" for name in columns(table)[:-1])
     db = sqlite3.connect(data_dir / DB_NAME)
     try:
-        out = []
-        for row in db.execute(f'SELECT * FROM "{table}" WHERE {where}'):
-            buffer = io.StringIO()
-            csv.writer(buffer).writerow(row[:-1])
-            out.append(tuple(next(csv.reader(io.StringIO(buffer.getvalue())))))
-        return out
+        return list(db.execute(f'SELECT {texts} FROM "{table}" WHERE {where}'))
     finally:
         db.close()
 
@@ -429,6 +487,34 @@ def test_nothing_to_do_writes_nothing(data_dir: Path) -> None:
     assert result.days == [] and result.rows_deleted == 0
     assert not list(data_dir.glob("*.tar.gz"))
     assert not (data_dir / "consumption-report").exists()
+
+
+def test_an_archive_name_taken_meanwhile_is_never_overwritten(data_dir: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The archive's name is taken by another writer while the day is dumped
+    (a race this test forces): the marks made meanwhile are rolled back, the
+    other file is left as it is, and the next run archives the day next to it."""
+    day = days_ago(1)
+    with Store(data_dir / DB_NAME) as store:
+        count = fill_day(store, day)
+    real_dump = archive_module.dump_day
+
+    def dump_then_race(*args, **kwargs):
+        folder = real_dump(*args, **kwargs)
+        (data_dir / f"{day}.tar.gz").write_bytes(b"someone else's")
+        return folder
+
+    monkeypatch.setattr(archive_module, "dump_day", dump_then_race)
+    with Store(data_dir / DB_NAME) as store:
+        with pytest.raises(CollectError, match=f"cannot create .*{day}.tar.gz: File exists"):
+            rotate.rotate(store, settings_for(data_dir))
+        assert store.get_state(rotate.PENDING_KEY) is None
+    assert sum(db_rows(data_dir, "reported = 1").values()) == 0
+    monkeypatch.setattr(archive_module, "dump_day", real_dump)
+    run_cli("rotate", "--data-dir", str(data_dir), check=True)
+    assert (data_dir / f"{day}.tar.gz").read_bytes() == b"someone else's"
+    assert sum(len(rows) for rows in archive_rows_of(data_dir / f"{day}.late-1.tar.gz").values()) == count
+    assert sum(db_rows(data_dir, "reported = 0").values()) == 0
 
 
 if __name__ == "__main__":  # pragma: no cover
