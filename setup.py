@@ -22,6 +22,8 @@ setup(
     zip_safe=False,
     install_requires=[
         "psutil>=5.9",
+        # ISA-L's deflate for the daily archives (zlib where there is no wheel).
+        "isal>=1.6; platform_system == 'Linux' and (platform_machine == 'x86_64' or platform_machine == 'aarch64')",
     ],
     extras_require={
         "monitor": [

@@ -204,6 +204,31 @@ def test_dump_quotes_like_the_csv_module_and_reads_back(data_dir: Path) -> None:
     assert archive_rows(data_dir)["user"] == got
 
 
+@pytest.mark.parametrize("engine", ["isal", "zlib"])
+def test_archive_is_the_same_with_either_deflate(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 engine: str) -> None:
+    """ISA-L's deflate where its wheel is installed, zlib elsewhere: gzip and
+    tar read either archive, member for member the same bytes."""
+    import zlib
+
+    if engine == "isal":
+        isal_zlib = pytest.importorskip("isal.isal_zlib")
+        monkeypatch.setattr(archive_module, "deflate", isal_zlib)
+    else:
+        monkeypatch.setattr(archive_module, "deflate", zlib)
+    day = days_ago(1)
+    with Store(data_dir / DB_NAME) as store:
+        fill_day(store, day, runs=30, processes=400)
+        expected = {t: b"".join(data for _, data in store.csv_chunks(t, day, 1 << 62)) for t in TABLES}
+        rotate.rotate(store, settings_for(data_dir))
+    archive = data_dir / f"{day}.tar.gz"
+    subprocess.run(["gzip", "-t", str(archive)], check=True)
+    subprocess.run(["tar", "-xzf", str(archive), "-C", str(tmp_path)], check=True)
+    for table in TABLES:
+        header = (",".join(columns(table)) + "\r\n").encode()
+        assert (tmp_path / day / f"dump_{table}.csv").read_bytes() == header + expected[table]
+
+
 def test_rotate_twice_changes_nothing(data_dir: Path) -> None:
     with Store(data_dir / DB_NAME) as store:
         fill_day(store, days_ago(1))
