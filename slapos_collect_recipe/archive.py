@@ -3,7 +3,7 @@
 Imported by ``rotate`` only when a day is due (the per-minute collect stays
 light). The archive is built from the same bytes as the CSVs, slice by slice
 (gzip members compressed by a worker thread); a big table is dumped in two
-halves by two processes. ``python -m slapos_collect_recipe.archive
+parts by two processes. ``python -m slapos_collect_recipe.archive
 --dump-part ...`` is that helper process.
 """
 
@@ -150,7 +150,7 @@ def _write_rows(chunks, handle, sink, progress: Progress | None = None, table: s
 def _start_helper(store: Store, data_dir: Path, table: str, day: str, first: int, last: int,
                   ) -> tuple[subprocess.Popen, Path, Path]:
     """A second process dumping rowids ``first..last`` of a big table into
-    ``.rotate.part-<pid>.{csv,gz}`` while this one does the first half."""
+    ``.rotate.part-<pid>.{csv,gz}`` while this one does the first part."""
     part_csv = data_dir / f"{PART_PREFIX}{os.getpid()}.csv"
     part_gz = data_dir / f"{PART_PREFIX}{os.getpid()}.gz"
     helper = subprocess.Popen(
@@ -210,8 +210,8 @@ def _dump_table(store: Store, data_dir: Path, handle, archive: ArchiveWriter, ta
     """Stream one table's unreported rows of the day into the CSV and the archive.
 
     A big table (SPLIT_ROWS rowids or more) on a machine with several cores
-    is done in two halves at once: the second by a helper process, whose
-    output is appended after the first half's."""
+    is done in two parts at once: the second by a helper process, whose
+    output is appended after the first part's."""
     span = store.unreported_rowid_range(table, day)
     if span is None:
         return 0
@@ -226,8 +226,8 @@ def _dump_table(store: Store, data_dir: Path, handle, archive: ArchiveWriter, ta
         helper, part_csv, part_gz = _start_helper(store, data_dir, table, day, middle + 1, high)
         end = middle
     try:
-        rows = _write_rows(store.csv_chunks(table, day, end, low, CHUNK_ROWS), handle, archive.file_data, progress, table,
-                           total)
+        rows = _write_rows(store.csv_chunks(table, day, end, low, CHUNK_ROWS), handle, archive.file_data,
+                           progress, table, total)
         if helper is not None and helper.wait() == 0:
             size = part_csv.stat().st_size
             handle.flush()
@@ -236,7 +236,7 @@ def _dump_table(store: Store, data_dir: Path, handle, archive: ArchiveWriter, ta
             with open(part_gz, "rb") as members:
                 archive.file_members(size, members)
         elif helper is not None:
-            log.warning("rotate: the helper dumping %s of %s failed (%s); doing its half here",
+            log.warning("rotate: the helper dumping %s of %s failed (%s); doing its part here",
                         table, day, helper.returncode)
             rows += _write_rows(store.csv_chunks(table, day, high, end + 1, CHUNK_ROWS), handle,
                                archive.file_data)

@@ -2,17 +2,18 @@
 
 For every day before today (UTC) with unreported rows in any table:
 
-1. ``<data-dir>/<day>/dump_<table>.csv`` for every table, header first,
+1. the archive's name and the highest rowid to dump per table are recorded
+   in the store (``collect_state``, key ``rotate.pending``);
+2. ``<data-dir>/<day>/dump_<table>.csv`` for every table, header first,
    streamed from the store (memory does not grow with the day);
-2. and, from the same bytes, into a temp archive ``.<archive>.tmp``
-   (members ``<day>/`` and ``<day>/dump_<table>.csv``), fsynced;
-3. the archive's name and the highest rowid dumped per table are recorded in
-   the store (``collect_state``, key ``rotate.pending``);
+3. and, from the same bytes, into a temp archive ``.<archive>.tmp``
+   (members ``<day>/`` and ``<day>/dump_<table>.csv``), fsynced; meanwhile a
+   thread marks those rows reported in a transaction of its own, not committed;
 4. the temp file is hard-linked to its final name (never over an existing
    file), the directory fsynced: the archive is durable;
 5. the day's consumption report is written (unless it exists);
-6. the rows dumped, and only those, are marked reported in one transaction,
-   and the record of step 3 cleared; the folder is removed.
+6. the marks are committed, with the end of the record of step 1, in that
+   one transaction; the folder is removed.
 
 Killed at any instant (kill -9), the next run finishes the job: a pending
 record whose archive exists is completed (its rows marked, no second archive);
@@ -166,8 +167,14 @@ def rotate_day(store: Store, settings: config.CollectSettings, day: str, result:
 
     from .archive import dump_day
 
+    # The temp file is made first, so that the record names its inode: recover()
+    # completes the day only if the archive under that name is this very file.
+    tmp.unlink(missing_ok=True)
+    with open(tmp, "xb"):
+        pass
     with store.transaction():
-        store.set_state(PENDING_KEY, {"day": day, "archive": name, "limits": limits})
+        store.set_state(PENDING_KEY, {"day": day, "archive": name, "limits": limits,
+                                      "inode": os.stat(tmp).st_ino})
     _pause("pending")
     decision: SimpleQueue[bool] = SimpleQueue()
     told = linked = False
@@ -221,7 +228,7 @@ def recover(store: Store, data_dir: Path, computer_id: str = "") -> str | None:
     pending = store.get_state(PENDING_KEY)
     if pending:
         archive = data_dir / pending["archive"]
-        if archive.is_file():
+        if archive.is_file() and pending.get("inode", archive.stat().st_ino) == archive.stat().st_ino:
             fsync_dir(data_dir)
             report.write_consumption_report(store, data_dir, pending["day"], computer_id)
             _finish(store, pending["day"], {t: int(v) for t, v in pending["limits"].items()})

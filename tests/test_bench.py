@@ -141,7 +141,11 @@ def test_cpu_and_sqlite_are_stored_charted_and_compared(tmp_path, data_dir):
     assert set(status["benchmarks"]) == set(first["values"])
     assert status["benchmarks"]["sqlite_ops"]["time"] == first["time"]
     assert status["benchmarks"]["cpu_single"]["baseline_runs"] == 2
-    assert status["degraded"] is False
+    # This machine's CPU speed may swing 2x between two runs (see RESULTS.md):
+    # the verdict must follow the ratios, whichever they are.
+    for entry in status["benchmarks"].values():
+        assert entry["degraded"] == (entry["ratio"] < entry["threshold"]), entry
+    assert status["degraded"] == any(entry["degraded"] for entry in status["benchmarks"].values())
 
     lines = (data_dir / "benchmark_cpu_single.csv").read_text().splitlines()
     assert lines[0] == "time,entry" and len(lines) == 3

@@ -542,5 +542,28 @@ def test_an_archive_name_taken_meanwhile_is_never_overwritten(data_dir: Path,
     assert sum(db_rows(data_dir, "reported = 0").values()) == 0
 
 
+def test_recover_completes_only_its_own_archive(data_dir: Path) -> None:
+    """Killed once the archive is packed but before it got its name; a file of
+    someone else's then takes that name. The next run must not take that file
+    for its archive (the record names the temp file's inode): the day is
+    redone next to it, and no row is marked on the strength of a foreign file."""
+    day = days_ago(1)
+    with Store(data_dir / DB_NAME) as store:
+        count = fill_day(store, day)
+    proc = subprocess.Popen([str(SCRIPTS / "slapos-collect"), "rotate", "--data-dir", str(data_dir)],
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, **{rotate.PAUSE_ENV: "packed"}))
+    try:
+        assert proc.stderr.readline().strip() == "paused at packed"
+    finally:
+        proc.kill()
+        proc.wait()
+    (data_dir / f"{day}.tar.gz").write_bytes(b"someone else's")
+    proc = run_cli("rotate", "--data-dir", str(data_dir), check=True)
+    assert f"was interrupted: redoing {day}" in proc.stderr
+    assert (data_dir / f"{day}.tar.gz").read_bytes() == b"someone else's"
+    assert sum(len(rows) for rows in archive_rows_of(data_dir / f"{day}.late-1.tar.gz").values()) == count
+    assert sum(db_rows(data_dir, "reported = 0").values()) == 0
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-x", "-q"]))
