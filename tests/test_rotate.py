@@ -229,6 +229,33 @@ def test_archive_is_the_same_with_either_deflate(data_dir: Path, tmp_path: Path,
         assert (tmp_path / day / f"dump_{table}.csv").read_bytes() == header + expected[table]
 
 
+def test_helper_part_is_appended_whole_when_the_kernel_copy_stops(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The helper's part is appended by copy_file_range; a kernel or file
+    system that stops it midway (EXDEV, ENOSYS...) gets the rest copied by hand."""
+    import errno
+
+    source, target = tmp_path / "part", tmp_path / "whole"
+    source.write_bytes(bytes(range(256)) * 4096)
+    target.write_bytes(b"first part\r\n")
+    real = os.copy_file_range
+    copied = []
+
+    def stops_midway(src, dst, count, *args):
+        if sum(copied) > 100_000:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        copied.append(real(src, dst, min(count, 65536), *args))
+        return copied[-1]
+
+    monkeypatch.setattr(os, "copy_file_range", stops_midway)
+    with open(source, "rb") as part, open(target, "r+b") as whole:  # as the dump's handle: not O_APPEND
+        whole.seek(0, os.SEEK_END)
+        whole.flush()
+        archive_module._append_file(part, whole, source.stat().st_size)
+    assert 100_000 < sum(copied) < source.stat().st_size  # the kernel did a part, this process the rest
+    assert target.read_bytes() == b"first part\r\n" + source.read_bytes()
+
+
 def test_rotate_twice_changes_nothing(data_dir: Path) -> None:
     with Store(data_dir / DB_NAME) as store:
         fill_day(store, days_ago(1))
