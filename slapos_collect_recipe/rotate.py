@@ -121,24 +121,23 @@ def archive_name(data_dir: Path, day: str) -> str:
     return name
 
 
-def _finish(store: Store, day: str, limits: dict[str, int]) -> int:
-    with store.transaction():  # the marks and the end of the pending record, at once
+def _finish(store: Store, day: str, limits: dict[str, int], decision=None) -> int:
+    """Mark the day's dumped rows reported and end the pending record, in one
+    transaction. With ``decision`` (a queue), wait between the two for its
+    word: True commits, False rolls back (``_RolledBack``)."""
+    with store.transaction():
         marked = store.mark_reported(day, limits)
+        if decision is not None and not decision.get():
+            raise _RolledBack
         store.set_state(PENDING_KEY, None)
     return marked
 
 
 def _mark_until_told(path: Path, day: str, limits: dict[str, int], decision) -> int:
-    """Mark the day's dumped rows reported in a transaction of this thread's
-    own connection, then wait: ``decision.get()`` True commits (and ends the
-    pending record, in the same transaction), False rolls back. Readers on
-    other connections (the dump) never see the uncommitted marks (WAL)."""
-    with Store(path) as marker, marker.transaction():
-        marked = marker.mark_reported(day, limits)
-        if not decision.get():
-            raise _RolledBack
-        marker.set_state(PENDING_KEY, None)
-    return marked
+    """``_finish`` on this thread's own connection, while the day is dumped:
+    readers on other connections (the dump) never see the uncommitted marks (WAL)."""
+    with Store(path) as marker:
+        return _finish(marker, day, limits, decision)
 
 
 class _RolledBack(Exception):
