@@ -72,6 +72,7 @@ def _sample_and_store(settings: CollectSettings) -> tuple[RunSnapshot, Path | No
             store.insert("computer", [snap.computer.row()], snap.date, snap.time)
             store.insert("disk", (d.row() for d in snap.disks), snap.date, snap.time)
             store.insert("disk_io", (d.row() for d in snap.disk_io), snap.date, snap.time)
+            store.insert_usage((u.row() for u in snap.usage), snap.date, snap.time)
             store.set_state("last_run", {"epoch": snap.epoch, "date": snap.date, "time": snap.time,
                                          **snap.cpu_state})
         _publish(store, settings)

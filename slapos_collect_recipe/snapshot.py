@@ -98,6 +98,40 @@ class DiskIOSample:
 
 
 @dataclass
+class PartitionUsage:
+    """What one partition consumed since the previous run (``partition_usage``).
+
+    ``cpu_time`` and the IO figures count processes that started and/or ended
+    between the two runs too, as far as ``source`` (the mechanism) sees them.
+    The memory and network figures are filled by their own samplers; None
+    where not measured (a NULL in the table, never a false 0)."""
+
+    partition: str
+    cpu_time: float
+    cpu_percent: float
+    processes: int
+    ended: int
+    memory_rss: int
+    io_rw_counter: int | None
+    io_cycles_counter: int | None
+    source: str
+    memory_used: int | None = None
+    memory_source: str | None = None
+    net_in_bytes: int | None = None
+    net_out_bytes: int | None = None
+    net_in_packets: int | None = None
+    net_out_packets: int | None = None
+    net_source: str | None = None
+
+    def row(self) -> tuple:
+        return (
+            self.partition, self.cpu_time, self.cpu_percent, self.processes, self.ended, self.memory_rss,
+            self.io_rw_counter, self.io_cycles_counter, self.source, self.memory_used, self.memory_source,
+            self.net_in_bytes, self.net_out_bytes, self.net_in_packets, self.net_out_packets, self.net_source,
+        )
+
+
+@dataclass
 class RunSnapshot:
     """Everything one run stores, under one UTC stamp."""
 
@@ -109,6 +143,7 @@ class RunSnapshot:
     computer: ComputerSample
     disks: list[DiskSample]
     disk_io: list[DiskIOSample]
+    usage: list[PartitionUsage] = field(default_factory=list)
     # What the next run needs to compute CPU % over the interval.
     cpu_state: dict = field(default_factory=dict)
     vanished: int = 0

@@ -30,7 +30,7 @@ DB_NAME = "collector.db"
 # the write lock: a rotation holds it while a day is dumped (see rotate_day).
 BACKGROUND_TIMEOUT = 600.0
 # Bump when _schema() changes: a store of an older version gets the new tables and indexes.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # table -> its own columns (name, type), in order; STAMP columns follow.
 TABLES: dict[str, tuple[tuple[str, str], ...]] = {
@@ -85,6 +85,26 @@ TABLES: dict[str, tuple[tuple[str, str], ...]] = {
         ("write_count", "real"),
         ("busy_time", "real"),
     ),
+    # What each partition consumed since the previous run (snapshot.PartitionUsage),
+    # processes that ended in between included; ``source`` names the mechanism.
+    "partition_usage": (
+        ("partition", "text"),
+        ("cpu_time", "real"),
+        ("cpu_percent", "real"),
+        ("processes", "integer"),
+        ("ended", "integer"),
+        ("memory_rss", "real"),
+        ("io_rw_counter", "real"),
+        ("io_cycles_counter", "real"),
+        ("source", "text"),
+        ("memory_used", "real"),
+        ("memory_source", "text"),
+        ("net_in_bytes", "real"),
+        ("net_out_bytes", "real"),
+        ("net_in_packets", "real"),
+        ("net_out_packets", "real"),
+        ("net_source", "text"),
+    ),
     # Machine degradation benchmarks (one row per figure).
     "benchmark": (
         ("name", "text"),
@@ -93,6 +113,10 @@ TABLES: dict[str, tuple[tuple[str, str], ...]] = {
     ),
 }
 STAMP = (("date", "text"), ("time", "text"), ("reported", "integer default 0"))
+# The running sums of partition_usage behind the /metrics counters: kept in
+# their own table (never dumped nor garbage-collected), so they only go up.
+COUNTERS = ("cpu_time", "io_rw_counter", "io_cycles_counter", "ended",
+            "net_in_bytes", "net_out_bytes", "net_in_packets", "net_out_packets")
 
 
 def columns(table: str) -> list[str]:
@@ -143,6 +167,8 @@ def _schema() -> list[str]:
             f'CREATE INDEX IF NOT EXISTS "{table}_unreported" ON "{table}" (date) WHERE reported = 0'
         )
     statements.append("CREATE TABLE IF NOT EXISTS collect_state (key text PRIMARY KEY, value text NOT NULL)")
+    body = ", ".join(f"{name} real NOT NULL DEFAULT 0" for name in COUNTERS)
+    statements.append(f"CREATE TABLE IF NOT EXISTS partition_counters (partition text PRIMARY KEY, {body})")
     return statements
 
 
@@ -265,6 +291,29 @@ class Store:
             (tuple(row) + (date, time_) for row in rows),
         )
         return cursor.rowcount
+
+    def insert_usage(self, rows: Iterable[tuple], date: str, time_: str) -> int:
+        """Insert ``partition_usage`` rows and add them to the running counters.
+
+        A NULL figure (not measured) adds nothing. Call inside ``transaction()``."""
+        rows = list(rows)
+        count = self.insert("partition_usage", rows, date, time_)
+        names = [name for name, _ in TABLES["partition_usage"]]
+        at = [names.index(counter) for counter in COUNTERS]
+        sets = ", ".join(f"{c} = {c} + excluded.{c}" for c in COUNTERS)
+        self.db.executemany(
+            f"INSERT INTO partition_counters (partition, {', '.join(COUNTERS)}) "
+            f"VALUES (?{', ?' * len(COUNTERS)}) ON CONFLICT(partition) DO UPDATE SET {sets}",
+            ((row[0], *(max(row[i] or 0, 0) for i in at)) for row in rows),
+        )
+        return count
+
+    def partition_counters(self) -> dict[str, sqlite3.Row]:
+        """``partition -> Row`` of the running sums (``COUNTERS``) since the store began."""
+        cursor = self.db.cursor()
+        cursor.row_factory = sqlite3.Row
+        return {row["partition"]: row for row in cursor.execute(
+            "SELECT * FROM partition_counters ORDER BY partition")}
 
     def get_state(self, key: str, default: Any = None) -> Any:
         row = self.db.execute("SELECT value FROM collect_state WHERE key = ?", (key,)).fetchone()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import run_cli
+from other_user import other_user_runtime, shared_dir
 
 from slapos_collect_recipe import lock, store
 
@@ -492,26 +493,20 @@ def test_linux_reader_matches_psutil() -> None:
         sample._read_linux(proc.pid, psutil.boot_time())
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv") or not os.path.exists("/usr/bin/python3.11"),
-                    reason="needs root to drop to an unprivileged user, and Debian's python3.11")
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root to drop to an unprivileged user")
 def test_unprivileged_run_samples_as_far_as_allowed() -> None:
     """Not root: another user's IO counters are unreadable; those processes are still
-    sampled (CPU, memory, threads), their IO left empty, and the count logged."""
-    import tempfile
+    sampled (CPU, memory, threads), their IO left empty, and the count logged.
 
-    import psutil
-
-    root = Path(__file__).resolve().parent.parent
-    site = Path(psutil.__file__).resolve().parent.parent
-    work = Path(tempfile.mkdtemp(prefix="collect-nobody-"))
+    Runs from a copy any user can read (the checkout may be in a 0700 directory)."""
+    runtime = other_user_runtime()
+    work = shared_dir("collect-nobody-")
     try:
-        work.chmod(0o777)
-        code = (f"import sys; sys.path[:0] = [{str(root)!r}, {str(site)!r}]\n"
-                "from slapos_collect_recipe.cli import main\nsys.exit(main(sys.argv[1:]))\n")
         proc = subprocess.run(
-            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3.11", "-c", code,
-             "collect", "--data-dir", str(work / "data"), "--user", "root", "--log-file", str(work / "log")],
-            capture_output=True, text=True, timeout=60)
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+             *runtime.command("collect", "--data-dir", str(work / "data"), "--user", "root",
+                              "--log-file", str(work / "log"))],
+            capture_output=True, text=True, timeout=60, env=runtime.env(), cwd=work)
         assert proc.returncode == 0, proc.stderr
         assert proc.stderr == ""
         found = rows(work / "data" / "collector.db", "SELECT * FROM user WHERE partition = 'root'")
