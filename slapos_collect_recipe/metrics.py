@@ -3,7 +3,9 @@
 A custom collector reads the latest run from ``collector.db`` on every scrape
 and keeps nothing between scrapes: Prometheus sees exactly what the store holds.
 System figures use node_exporter's names (so existing dashboards and alerts
-apply); partitions get ``slapos_partition_*`` families labelled by partition.
+apply); partitions get ``slapos_partition_*`` families labelled by partition:
+gauges from the latest ``partition_usage`` run, counters from the store's
+running sums of it (``partition_counters``), which only go up.
 Base units throughout (bytes, seconds); no pid labels (unbounded cardinality).
 """
 
@@ -14,13 +16,14 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from .report import measured_totals
 from .store import DB_NAME, Store
 
 log = logging.getLogger("slapos_collect")
@@ -38,6 +41,17 @@ def _number(value: Any) -> float | None:
     return number if number == number and number not in (float("inf"), float("-inf")) else None
 
 
+def _labelled(family: Metric, values: Iterable[tuple[str, Any]]) -> Iterator[Metric]:
+    """``family`` with one sample per ``(partition, value)`` that has a value; nothing
+    when none has (an unmeasured figure is left out, never a 0)."""
+    for label, value in values:
+        number = _number(value)
+        if number is not None:
+            family.add_metric([label], number)
+    if family.samples:
+        yield family
+
+
 def _stamp_seconds(date: str, time_: str) -> float | None:
     try:
         return float(calendar.timegm(time.strptime(f"{date} {time_}", "%Y-%m-%d %H:%M:%S")))
@@ -53,24 +67,75 @@ def open_store(data_dir: Path) -> Store | None:
     return Store(path, readonly=True, timeout=5.0)
 
 
-def current_partitions(store: Store) -> dict[str, Any]:
-    """The partitions' consumption in the latest run (dashboard table, metrics)."""
-    stamp = store.latest_stamp("user")
-    folders = store.latest_folder_sizes()
+# partition_usage column -> key of current_partitions (one run's figures, for the interval
+# since the previous run; None where not measured).
+USAGE_KEYS = {
+    "processes": "processes", "ended": "ended", "cpu_percent": "cpu_percent", "cpu_time": "cpu_seconds",
+    "memory_used": "memory_used_bytes", "memory_rss": "resident_bytes",
+    "io_rw_counter": "io_bytes", "io_cycles_counter": "io_ops",
+    "net_in_bytes": "net_in_bytes", "net_out_bytes": "net_out_bytes",
+    "net_in_packets": "net_in_packets", "net_out_packets": "net_out_packets",
+    "source": "source", "memory_source": "memory_source", "net_source": "net_source",
+}
+# store.COUNTERS column -> (current_partitions key, metric family, help): the running sums
+# since the store began, which only go up.
+COUNTER_FAMILIES = {
+    "cpu_time": ("cpu_seconds_total", "slapos_partition_cpu_seconds",
+                 "CPU time (user + system) of the partition's processes, ended ones included"),
+    "io_rw_counter": ("io_bytes_total", "slapos_partition_io_bytes",
+                      "Bytes read and written by the partition's processes, ended ones included"),
+    "io_cycles_counter": ("io_ops_total", "slapos_partition_io_ops",
+                          "Read and write operations of the partition's processes, ended ones included"),
+    "ended": ("ended_total", "slapos_partition_ended_processes",
+              "Processes of the partition known to have ended"),
+    "net_in_bytes": ("net_in_bytes_total", "slapos_partition_network_receive_bytes",
+                     "IP bytes (headers included) received by the partition"),
+    "net_out_bytes": ("net_out_bytes_total", "slapos_partition_network_transmit_bytes",
+                      "IP bytes (headers included) sent by the partition"),
+    "net_in_packets": ("net_in_packets_total", "slapos_partition_network_receive_packets",
+                       "IP packets received by the partition"),
+    "net_out_packets": ("net_out_packets_total", "slapos_partition_network_transmit_packets",
+                        "IP packets sent by the partition"),
+}
+
+
+def partition_counters(store: Store, latest: dict[str, sqlite3.Row]) -> dict[str, dict[str, float]]:
+    """``partition -> {counter key: running sum}`` (``COUNTER_FAMILIES``' keys) of every
+    partition the store ever counted, a figure never measured left out."""
+    return {part: {COUNTER_FAMILIES[column][0]: value for column, value in sums.items()}
+            for part, sums in measured_totals(store, latest).items()}
+
+
+def latest_usage(store: Store) -> tuple[tuple[str, str] | None, dict[str, sqlite3.Row]]:
+    """The stamp of the latest run in ``partition_usage`` and its rows by partition."""
+    stamp = store.latest_stamp("partition_usage")
+    return stamp, {row["partition"]: row for row in store.rows_at("partition_usage", *stamp)} if stamp else {}
+
+
+def current_partitions(store: Store, usage: tuple[tuple[str, str] | None, dict[str, sqlite3.Row]] | None = None,
+                       counters: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
+    """The partitions' consumption in the latest run (``partition_usage``), with the
+    running counters, threads (``user`` rows of that run), the share of the
+    machine's memory and the folder size (dashboard table, metrics). ``usage``
+    and ``counters``: what ``latest_usage`` and ``partition_counters`` gave, when
+    the caller already read them."""
+    stamp, latest = usage if usage is not None else latest_usage(store)
+    if counters is None:
+        counters = partition_counters(store, latest)
+    threads = {row["partition"]: row["threads"] for row in store.partition_totals(*stamp)} if stamp else {}
+    computers = store.latest_rows("computer")
+    machine = _number(computers[0]["memory_size"]) if computers else None
     partitions: dict[str, dict[str, Any]] = {}
-    if stamp:
-        for row in store.partition_totals(*stamp):
-            partitions[row["partition"]] = {
-                "processes": row["processes"],
-                "threads": row["threads"],
-                "cpu_percent": row["cpu_percent"],
-                "cpu_seconds": row["cpu_time"],
-                "memory_percent": row["memory_percent"],
-                "resident_bytes": row["memory_rss"],
-                "io_bytes": row["io_rw"],
-                "io_ops": row["io_cycles"],
-            }
-    for part, kib in folders.items():
+    for part, row in latest.items():
+        figures = {key: row[column] for column, key in USAGE_KEYS.items()}
+        figures["threads"] = threads.get(part, 0.0)
+        used = _number(row["memory_used"] if row["memory_used"] is not None else row["memory_rss"])
+        figures["memory_percent"] = 100.0 * used / machine if used is not None and machine else None
+        partitions[part] = figures
+    for part, totals in counters.items():
+        if part in partitions:
+            partitions[part].update(totals)
+    for part, kib in store.latest_folder_sizes().items():
         size = _number(kib)
         if size is not None:
             partitions.setdefault(part, {})["folder_bytes"] = size * 1024
@@ -201,37 +266,30 @@ class StoreCollector:
             yield family
 
     def _partitions(self, store: Store) -> Iterator[Metric]:
-        current = current_partitions(store)["partitions"]
-        if not current:
-            return
+        usage = latest_usage(store)
+        counters = partition_counters(store, usage[1])
+        current = current_partitions(store, usage, counters)["partitions"]
         specs = (
-            ("slapos_partition_cpu_seconds", "CPU time (user + system) of the partition's processes",
-             "cpu_seconds", CounterMetricFamily),
-            ("slapos_partition_cpu_percent", "CPU percentage of the partition's processes (sum)",
-             "cpu_percent", GaugeMetricFamily),
-            ("slapos_partition_resident_bytes", "Resident memory of the partition's processes",
-             "resident_bytes", GaugeMetricFamily),
+            ("slapos_partition_cpu_percent",
+             "CPU percentage of the partition over the latest interval (100 = one core)", "cpu_percent"),
+            ("slapos_partition_memory_bytes",
+             "Memory of the partition, nothing counted twice (cgroup or PSS, see memory_source)",
+             "memory_used_bytes"),
+            ("slapos_partition_resident_bytes", "Resident memory of the partition's processes (RSS sum)",
+             "resident_bytes"),
             ("slapos_partition_memory_percent", "Share of the machine's memory used by the partition",
-             "memory_percent", GaugeMetricFamily),
-            ("slapos_partition_io_bytes", "Bytes read and written by the partition's processes",
-             "io_bytes", CounterMetricFamily),
-            ("slapos_partition_io_ops", "Read and write operations of the partition's processes",
-             "io_ops", CounterMetricFamily),
-            ("slapos_partition_processes", "Processes of the partition", "processes", GaugeMetricFamily),
-            ("slapos_partition_threads", "Threads of the partition's processes", "threads", GaugeMetricFamily),
+             "memory_percent"),
+            ("slapos_partition_processes", "Processes of the partition", "processes"),
+            ("slapos_partition_threads", "Threads of the partition's processes", "threads"),
             ("slapos_partition_folder_bytes", "Disk space used by the partition's folder (latest measure)",
-             "folder_bytes", GaugeMetricFamily),
+             "folder_bytes"),
         )
-        for name, help_text, key, kind in specs:
-            family = kind(name, help_text, labels=["partition"])
-            present = False
-            for part in current:
-                value = _number(part.get(key))
-                if value is not None:
-                    family.add_metric([part["partition"]], value)
-                    present = True
-            if present:
-                yield family
+        for name, help_text, key in specs:
+            yield from _labelled(GaugeMetricFamily(name, help_text, labels=["partition"]),
+                                 ((part["partition"], part.get(key)) for part in current))
+        for key, name, help_text in COUNTER_FAMILIES.values():
+            yield from _labelled(CounterMetricFamily(name, help_text, labels=["partition"]),
+                                 ((part, figures.get(key)) for part, figures in sorted(counters.items())))
 
     def _benchmarks(self, store: Store) -> Iterator[Metric]:
         rows = [(name, value, unit) for name, (value, unit, _, _) in sorted(store.benchmark_latest_runs().items())]

@@ -43,11 +43,55 @@ SYSTEM_SERIES: dict[str, tuple[str, float, bool]] = {
     "system_net_out_dropped": ("net_out_dropped", 1.0, True),
 }
 DISK_PREFIX = "system_disk_memory_"
+# Per partition (partition_usage): figure -> (columns, the first not NULL taken; divisor).
+# Every figure is already per interval (since the previous run).
+PARTITION_PREFIX = "partition_"
+PARTITION_SERIES: dict[str, tuple[tuple[str, ...], float]] = {
+    "cpu_percent": (("cpu_percent",), 1.0),
+    "memory_used": (("memory_used", "memory_rss"), KIB),
+    "io_bytes": (("io_rw_counter",), KIB),
+    "net_in_bytes": (("net_in_bytes",), KIB),
+    "net_out_bytes": (("net_out_bytes",), KIB),
+}
+# A file name has at most 255 bytes: a longer encoded label is cut and marked.
+LABEL_BYTES = 180
 
 
 def disk_file_stem(kind: str, device: str) -> str:
     """``system_disk_memory_{used,free}_<device with / as _>`` (the original's names)."""
     return f"{DISK_PREFIX}{kind}_{device.replace('/', '_')}"
+
+
+def label_part(label: str) -> str:
+    """``label`` percent-encoded as a file name part: reversible (``urllib.parse.unquote``,
+    or ``decodeURIComponent`` in a browser), so two labels never share a name, and
+    free of ``/``, spaces and anything else unsafe (only ``A-Z a-z 0-9 _ . -`` and
+    ``%XX`` escapes remain). An encoding beyond LABEL_BYTES keeps its first whole
+    characters and ends with ``~`` and 16 hex digits of the label's SHA-256 (``~``
+    is escaped in the reversible form, so such a name never meets one)."""
+    from urllib.parse import quote
+
+    def encode(text: str) -> str:
+        return quote(text, safe="", errors="surrogatepass").replace("~", "%7E")
+
+    encoded = encode(label)
+    if len(encoded) <= LABEL_BYTES:
+        return encoded
+    import hashlib
+
+    cut, size = [], 0
+    for char in label:
+        piece = encode(char)
+        if size + len(piece) > LABEL_BYTES:
+            break
+        cut.append(piece)
+        size += len(piece)
+    return "".join(cut) + "~" + hashlib.sha256(label.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def partition_file_stem(figure: str, label: str) -> str:
+    """``partition_<figure>_<label_part(label)>``, e.g. ``partition_cpu_percent_slappart0``."""
+    return f"{PARTITION_PREFIX}{figure}_{label_part(label)}"
 
 
 def format_value(value: float | None) -> str:
@@ -94,6 +138,11 @@ def series(store: Store) -> tuple[str, dict[str, str]] | None:
             except (TypeError, ValueError):
                 continue
             values[disk_file_stem(kind, device)] = format_value(value)
+    for usage in store.rows_at("partition_usage", *stamp):
+        for figure, (names, divisor) in PARTITION_SERIES.items():
+            value = next((usage[name] for name in names if usage[name] is not None), None)
+            if value is not None:  # not measured: no line (a gap in the chart), never a 0
+                values[partition_file_stem(figure, usage["partition"])] = format_value(value / divisor)
     return f"{stamp[0]} {stamp[1]}", values
 
 
@@ -154,12 +203,15 @@ def publish(store: Store, data_dir: Path) -> None:
         if publish_line(data_dir / f"{stem}.csv", stamp, value) == "new":
             started_over = True
     if started_over:
-        _drop_stale_disks(data_dir, stamp[:10], values)
+        _drop_stale(data_dir, stamp[:10], values)
 
 
-def _drop_stale_disks(data_dir: Path, day: str, current: dict[str, str]) -> None:
-    """At the day change, remove the CSVs of disks that are gone (yesterday's data)."""
-    for name in glob.glob(glob.escape(str(data_dir)) + f"/{DISK_PREFIX}*.csv"):
+def _drop_stale(data_dir: Path, day: str, current: dict[str, str]) -> None:
+    """At the day change, remove the CSVs of disks and partitions that are gone
+    (yesterday's data), and a partition's figure no longer measured."""
+    names = [name for prefix in (DISK_PREFIX, PARTITION_PREFIX)
+             for name in glob.glob(glob.escape(str(data_dir)) + f"/{prefix}*.csv")]
+    for name in names:
         path = Path(name)
         if path.stem in current:
             continue

@@ -24,7 +24,7 @@ from .atomic import TMP_SUFFIX, write_atomic
 if TYPE_CHECKING:  # the journal's XML is imported only when a day is reported, not every minute
     import xml.etree.ElementTree as ET
 from .config import Partition
-from .store import Store
+from .store import COUNTERS, Store
 
 log = logging.getLogger("slapos_collect")
 
@@ -40,6 +40,10 @@ PROCESS_STATUS = "monitor_process_resource.status.json"
 PROCESS_HEADER = "date, total process, CPU percent, CPU time, CPU threads"
 MEMORY_HEADER = "date, memory used percent, memory used"
 IO_HEADER = "date, io rw counter, io cycles counter, disk used"
+# Ours (the original measures no partition network): totals since the store began.
+NETWORK_DATA = "monitor_resource_network.data.json"
+NETWORK_HEADER = "date, net in bytes, net out bytes, net in packets, net out packets"
+NET_KEYS = ("net_in_bytes", "net_out_bytes", "net_in_packets", "net_out_packets")
 
 
 def _number(value: float | None) -> float:
@@ -73,10 +77,13 @@ def consumption_journal(store: Store, day: str, computer_id: str) -> bytes:
     """The journal of one day: computer and per-partition averages.
 
     Units are in each movement's title: CPU load in % (computer: 0-100 for the
-    whole machine; partition: 100 = one core, summed over its processes),
-    memory and disk in MiB. A partition's CPU and memory are averaged over
-    every run of the day (a run where it had no process counts as 0); its disk
-    over the day's folder measurements."""
+    whole machine; partition: 100 = one core), memory and disk in MiB. A
+    partition's CPU and memory come from ``partition_usage`` (processes that
+    ended between two runs included; memory with nothing counted twice, its
+    RSS sum where that was not measured), averaged over every run of the day
+    (a run without the partition's row counts as 0); its disk over the day's
+    folder measurements. A day stored before ``partition_usage`` existed uses
+    the sums over the ``user`` rows, as before."""
     import xml.etree.ElementTree as ET
 
     root = ET.Element("journal")
@@ -95,15 +102,22 @@ def consumption_journal(store: Store, day: str, computer_id: str) -> bytes:
                   computer_id, cpu)
     if memory is not None:
         _movement(transaction, "service_module/memory_used", "Used Memory (MiB)", computer_id, memory / MIB)
-    sums = store.day_partition_sums(day)
-    if sums and not runs:
-        runs = store.day_user_runs(day)
-    for part, (cpu_sum, _) in sums.items():
+    usage_runs, usage = store.day_usage_sums(day)
+    if usage_runs:
+        cpu_avg = {part: row["cpu_percent"] / usage_runs for part, row in usage.items()}
+        memory_avg = {part: row["memory"] / usage_runs for part, row in usage.items() if row["memory_rows"]}
+    else:
+        sums = store.day_partition_sums(day)
+        if sums and not runs:
+            runs = store.day_user_runs(day)
+        cpu_avg = {part: cpu_sum / runs for part, (cpu_sum, _) in sums.items()}
+        memory_avg = {part: rss_sum / runs for part, (_, rss_sum) in sums.items()}
+    for part, value in cpu_avg.items():
         _movement(transaction, "service_module/cpu_load_percent",
-                  f"CPU Load Percent Average for {part} (%)", part, cpu_sum / runs)
-    for part, (_, rss_sum) in sums.items():
+                  f"CPU Load Percent Average for {part} (%)", part, value)
+    for part, value in memory_avg.items():
         _movement(transaction, "service_module/memory_used",
-                  f"Memory Used Average for {part} (MiB)", part, rss_sum / runs / MIB)
+                  f"Memory Used Average for {part} (MiB)", part, value / MIB)
     for part, disk_kib in store.day_folder_averages(day).items():
         if disk_kib is not None:
             _movement(transaction, "service_module/disk_used",
@@ -218,19 +232,50 @@ def _process_date(process: str) -> str | None:
     return _stamp(created)
 
 
-def monitor_status(store: Store, partition: str, date: str, time_: str,
-                   sums: sqlite3.Row | None, disk_kib: float | None) -> tuple[dict, dict, dict, list[dict]]:
-    """The process, memory and IO dicts and the per-process list of one run
-    (``sums``: the partition's row of ``Store.partition_totals``)."""
+def measured_totals(store: Store, latest: dict[str, sqlite3.Row]) -> dict[str, dict[str, float]]:
+    """``partition -> {column: running sum}`` of ``store.COUNTERS`` since the store
+    began (they only go up), for every partition ever counted. A figure is left
+    out when its sum never grew and the latest run (``latest``: its
+    ``partition_usage`` rows by partition) did not measure it: a sum of NULLs
+    is "not measured", not a 0."""
+    totals: dict[str, dict[str, float]] = {}
+    for part, row in store.partition_counters().items():
+        last = latest.get(part)
+        figures = {column: float(row[column]) for column in COUNTERS
+                   if row[column] > 0 or (last is not None and last[column] is not None)}
+        if figures:
+            totals[part] = figures
+    return totals
+
+
+def monitor_status(store: Store, partition: str, date: str, time_: str, usage: sqlite3.Row | None,
+                   sums: sqlite3.Row | None, totals: dict[str, float], disk_kib: float | None,
+                   machine_memory: float | None) -> tuple[dict, dict, dict, dict, list[dict]]:
+    """The process, memory, IO and network dicts and the per-process list of one
+    run. ``usage``: the partition's ``partition_usage`` row of the run; ``sums``:
+    its row of ``Store.partition_totals`` (threads, and memory % without the
+    machine's size); ``totals``: its running sums (``measured_totals``). CPU time,
+    IO and network are totals since the store began (they only go up); a
+    figure not measured is absent."""
     stamp = f"{date} {time_}"
-    count, cpu, cpu_time, threads, mem_pct, rss, io_rw, io_cycles = (
-        (sums["processes"], sums["cpu_percent"], sums["cpu_time"], sums["threads"], sums["memory_percent"],
-         sums["memory_rss"], sums["io_rw"], sums["io_cycles"]) if sums else (0, 0, 0, 0, 0, 0, 0, 0))
-    process = {"total_process": count, "cpu_percent": _number(cpu), "cpu_time": _number(cpu_time / 60.0),
-               "cpu_num_threads": _number(threads), "date": stamp}
-    memory = {"memory_percent": _number(mem_pct), "memory_rss": _number(rss / MIB), "date": stamp}
-    io = {"io_rw_counter": _number(io_rw), "io_cycles_counter": _number(io_cycles),
-          "disk_used": _number((disk_kib or 0) / 1024.0), "date": stamp}
+    count = usage["processes"] if usage else 0
+    process = {"total_process": count, "cpu_percent": _number(usage["cpu_percent"] if usage else 0),
+               "cpu_time": _number(totals.get("cpu_time", 0.0) / 60.0),
+               "cpu_num_threads": _number(sums["threads"] if sums else 0), "date": stamp}
+    rss = usage["memory_rss"] if usage else None
+    used = usage["memory_used"] if usage and usage["memory_used"] is not None else rss
+    if used is not None and machine_memory:
+        percent = 100.0 * used / machine_memory
+    else:
+        percent = sums["memory_percent"] if sums else 0
+    memory = {"memory_percent": _number(percent), "memory_used": _number((used or 0) / MIB),
+              "memory_rss": _number((rss or 0) / MIB), "date": stamp}
+    io = {"io_rw_counter": _number(totals["io_rw_counter"]), "io_cycles_counter": _number(
+              totals.get("io_cycles_counter")), "disk_used": _number((disk_kib or 0) / 1024.0), "date": stamp
+          } if "io_rw_counter" in totals else {}
+    network = {key: _number(totals[key]) for key in NET_KEYS if key in totals}
+    if network:
+        network["date"] = stamp
     processes = []
     for pid, proc, p_cpu, p_time, p_threads, p_mem, p_rss, p_rw, p_cycles in store.run_processes(partition, date, time_):
         entry = {"pid": int(pid) if pid is not None else None, "cpu_percent": _number(p_cpu),
@@ -241,7 +286,7 @@ def monitor_status(store: Store, partition: str, date: str, time_: str,
         if created:
             entry["date"] = created
         processes.append(entry)
-    return process, memory, io, processes
+    return process, memory, io, network, processes
 
 
 def publish_monitor(store: Store, partitions: Iterable[Partition], now: float | None = None) -> list[Path]:
@@ -258,27 +303,36 @@ def publish_monitor(store: Store, partitions: Iterable[Partition], now: float | 
     stamp = store.latest_stamp("system")
     if stamp is None:
         return []
+    usage = {row["partition"]: row for row in store.rows_at("partition_usage", *stamp)}
     all_sums = {row["partition"]: row for row in store.partition_totals(*stamp)}
+    totals = measured_totals(store, usage)
+    computers = store.rows_at("computer", *stamp)
+    machine_memory = computers[0]["memory_size"] if computers else None
     folder_kib = store.latest_folder_sizes()
     written = []
     for label, folder in targets:
-        process, memory, io, processes = monitor_status(store, label, *stamp, all_sums.get(label),
-                                                        folder_kib.get(label))
+        row = usage.get(label)
+        process, memory, io, network, processes = monitor_status(
+            store, label, *stamp, row, all_sums.get(label), totals.get(label, {}), folder_kib.get(label),
+            machine_memory)
         status: dict = {}
-        if process["total_process"]:
+        if row is not None and (row["processes"] or row["cpu_time"] or row["ended"]):
             append_history(folder / PROCESS_DATA, PROCESS_HEADER, ", ".join(str(process[k]) for k in (
                 "date", "total_process", "cpu_percent", "cpu_time", "cpu_num_threads")), now)
             status.update(process)
-        if memory["memory_rss"]:
+        if memory["memory_used"]:
             append_history(folder / MEMORY_DATA, MEMORY_HEADER, ", ".join(str(memory[k]) for k in (
-                "date", "memory_percent", "memory_rss")), now)
+                "date", "memory_percent", "memory_used")), now)
             status.update(memory)
-        if io["io_rw_counter"]:
+        if io:
             append_history(folder / IO_DATA, IO_HEADER, ", ".join(str(io[k]) for k in (
                 "date", "io_rw_counter", "io_cycles_counter", "disk_used")), now)
             status.update(io)
+        if network:
+            append_history(folder / NETWORK_DATA, NETWORK_HEADER, ", ".join(
+                str(network.get(k, "")) for k in ("date", *NET_KEYS)), now)
+            status.update(network)
         write_atomic(folder / STATUS, json.dumps(status).encode())
         write_atomic(folder / PROCESS_STATUS, json.dumps(processes).encode())
         written.append(folder)
     return written
-

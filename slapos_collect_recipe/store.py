@@ -447,6 +447,22 @@ class Store:
         finally:
             target.close()
 
+    # partition_usage readers (metrics, dashboard, journal, monitor JSON)
+
+    def day_usage_sums(self, day: str) -> tuple[int, dict[str, sqlite3.Row]]:
+        """The day's runs (distinct stamps) in ``partition_usage`` and, per partition,
+        ``cpu_percent`` (sum) and ``memory`` (sum of ``memory_used``, its ``memory_rss``
+        where NULL; ``memory_rows`` the rows that had either), by label."""
+        (runs,) = self.db.execute(
+            "SELECT count(DISTINCT time) FROM partition_usage WHERE date = ?", (day,)).fetchone()
+        cursor = self.db.cursor()
+        cursor.row_factory = sqlite3.Row
+        return runs, {row["partition"]: row for row in cursor.execute(
+            "SELECT partition, total(cpu_percent) AS cpu_percent, "
+            "total(coalesce(memory_used, memory_rss)) AS memory, "
+            "count(coalesce(memory_used, memory_rss)) AS memory_rows "
+            "FROM partition_usage WHERE date = ? GROUP BY partition ORDER BY partition", (day,))}
+
     # -- publishing (realtime CSVs, daily dumps, consumption reports) -------
 
     def previous_stamp(self, table: str, date: str, time_: str) -> tuple[str, str] | None:

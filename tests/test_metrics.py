@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from slapos_collect_recipe import metrics
+from slapos_collect_recipe.snapshot import PartitionUsage
 from slapos_collect_recipe.store import Store
 
 DAY = "2026-11-29"
+MIB = 2**20
+
+
+def usage(partition: str, cpu_time: float, interval: float = 60.0, **figures) -> tuple:
+    """A partition_usage row as a sampler writes it (memory and network not measured unless given)."""
+    defaults = dict(processes=1, ended=0, memory_rss=10 * MIB, io_rw_counter=None, io_cycles_counter=None,
+                    source="children")
+    defaults.update(figures)
+    return PartitionUsage(partition=partition, cpu_time=cpu_time, cpu_percent=100.0 * cpu_time / interval,
+                          **defaults).row()
 
 
 def scrape(data_dir) -> dict[str, dict[tuple, float]]:
@@ -24,21 +36,28 @@ def scrape(data_dir) -> dict[str, dict[tuple, float]]:
     return samples
 
 
-def one_run(store: Store, time_: str, users: list[tuple], system: tuple) -> None:
+def one_run(store: Store, time_: str, users: list[tuple], system: tuple, usages: list[tuple] = ()) -> None:
     with store.transaction():
         store.insert("user", users, DAY, time_)
         store.insert("system", [system], DAY, time_)
+        store.insert_usage(usages, DAY, time_)
 
 
 def test_system_and_partitions_from_the_latest_run(data_dir):
     store = Store(data_dir / "collector.db")
     one_run(store, "09:00:00", [("slappart0", 1, "1-1", 50.0, 100.0, 9, 9.0, 9e9, 9, 9)],
-            (9.0, 90.0, 9, 9, 9, 9, 9, 9, 9, 9))
+            (9.0, 90.0, 9, 9, 9, 9, 9, 9, 9, 9),
+            [usage("slappart0", 30.0, processes=1, ended=4, io_rw_counter=1000, io_cycles_counter=10),
+             usage("slappart1", 0.0)])
     one_run(store, "09:01:00", [
         ("slappart0", 1, "1-1", 2.5, 10.0, 3, 1.0, 1e6, 1000, 10),
         ("slappart0", 2, "2-1", 1.5, 5.0, 1, 0.5, 2e6, 500, 5),
         ("slappart1", 3, "3-1", 0.5, 1.0, 1, 0.1, 3e6, 10, 1),
-    ], (0.5, 12.0, 1e9, 2e9, 100, 1, 2, 200, 3, 4))
+    ], (0.5, 12.0, 1e9, 2e9, 100, 1, 2, 200, 3, 4),
+            [usage("slappart0", 3.0, processes=2, ended=1, memory_rss=3e6, memory_used=2e6, memory_source="pss",
+                   io_rw_counter=500, io_cycles_counter=5, net_in_bytes=7000, net_out_bytes=3000,
+                   net_in_packets=70, net_out_packets=30, net_source="nftables"),
+             usage("slappart1", 0.3, memory_rss=3e6)])
     with store.transaction():
         store.insert("disk", [("/dev/sda1", "1000", "3000", "/"), ("/dev/sdb1", "10", "20", "/srv")], DAY, "09:01:00")
         store.insert("disk_io", [("sda", 10, 20, 1, 2, 1500)], DAY, "09:01:00")
@@ -68,16 +87,63 @@ def test_system_and_partitions_from_the_latest_run(data_dir):
     assert s["slapos_collect_last_run_timestamp_seconds"] == {(): 1795942860.0}
 
     p0, p1 = (("partition", "slappart0"),), (("partition", "slappart1"),)
-    assert s["slapos_partition_cpu_seconds_total"] == {p0: 15.0, p1: 1.0}
-    assert s["slapos_partition_cpu_percent"] == {p0: 4.0, p1: 0.5}
+    # Counters: the running sums of partition_usage (both runs), not the live processes' times.
+    assert s["slapos_partition_cpu_seconds_total"] == pytest.approx({p0: 33.0, p1: 0.3})
+    assert s["slapos_partition_ended_processes_total"] == {p0: 5, p1: 0}
+    # IO and network never measured for slappart1: left out, never a 0.
+    assert s["slapos_partition_io_bytes_total"] == {p0: 1500}
+    assert s["slapos_partition_io_ops_total"] == {p0: 15}
+    assert s["slapos_partition_network_receive_bytes_total"] == {p0: 7000}
+    assert s["slapos_partition_network_transmit_bytes_total"] == {p0: 3000}
+    assert s["slapos_partition_network_receive_packets_total"] == {p0: 70}
+    assert s["slapos_partition_network_transmit_packets_total"] == {p0: 30}
+    # Gauges: the latest run.
+    assert s["slapos_partition_cpu_percent"] == pytest.approx({p0: 5.0, p1: 0.5})
+    assert s["slapos_partition_memory_bytes"] == {p0: 2e6}  # not measured for slappart1
     assert s["slapos_partition_resident_bytes"] == {p0: 3e6, p1: 3e6}
-    assert s["slapos_partition_io_bytes_total"] == {p0: 1500, p1: 10}
-    assert s["slapos_partition_io_ops_total"] == {p0: 15, p1: 1}
     assert s["slapos_partition_processes"] == {p0: 2, p1: 1}
     assert s["slapos_partition_threads"] == {p0: 4, p1: 1}
+    assert s["slapos_partition_memory_percent"] == pytest.approx({p0: 0.05, p1: 0.075})  # of 4e9
     assert s["slapos_partition_folder_bytes"] == {p0: 4096 * 1024}  # the latest measure, in bytes
     # never a pid label
     assert all("pid" not in dict(labels) for family in s.values() for labels in family)
+
+
+def test_counters_never_go_down_when_processes_end_or_the_collector_restarts(data_dir):
+    """The old figure (sum over the live processes) dropped when a process ended; the
+    counters are the store's running sums, so they only go up, across new connections."""
+    path = data_dir / "collector.db"
+    system = (0.5, 12.0, 1e9, 2e9, 0, 0, 0, 0, 0, 0)
+    seen = []
+    # A busy child (20 s of CPU per run) ends after the third run; the parent stays.
+    runs = [([("p", 1, "1-1", 1, 1, 1, 1, 1, 1, 1), ("p", 2, "2-1", 33, 20 * n, 1, 1, 1, 1, 1)],
+             usage("p", 20.5, processes=2, io_rw_counter=4096, io_cycles_counter=2)) for n in range(1, 4)]
+    runs.append(([("p", 1, "1-1", 1, 1.5, 1, 1, 1, 1, 1)],
+                 usage("p", 12.0, processes=1, ended=1, io_rw_counter=8192, io_cycles_counter=4)))
+    runs.append(([("p", 1, "1-1", 1, 1.6, 1, 1, 1, 1, 1)], usage("p", 0.1, processes=1, io_rw_counter=0,
+                                                                   io_cycles_counter=0)))
+    for minute, (users, row) in enumerate(runs):
+        with Store(path) as store:  # each run is a new process: a new connection
+            one_run(store, f"12:{minute:02d}:00", users, system, [row])
+        seen.append(scrape(data_dir))
+    key = (("partition", "p"),)
+    cpu = [s["slapos_partition_cpu_seconds_total"][key] for s in seen]
+    assert cpu == pytest.approx([20.5, 41.0, 61.5, 73.5, 73.6])
+    assert cpu == sorted(cpu)
+    assert [s["slapos_partition_io_bytes_total"][key] for s in seen] == [4096, 8192, 12288, 20480, 20480]
+    assert [s["slapos_partition_ended_processes_total"][key] for s in seen] == [0, 0, 0, 1, 1]
+    assert [s["slapos_partition_processes"][key] for s in seen] == [2, 2, 2, 1, 1]
+
+
+def test_a_new_store_starts_at_zero(data_dir):
+    with Store(data_dir / "collector.db") as store:
+        one_run(store, "12:00:00", [], (0.5, 12.0, 1e9, 2e9, 0, 0, 0, 0, 0, 0),
+                [usage("p", 0.0, io_rw_counter=0, io_cycles_counter=0)])
+    s = scrape(data_dir)
+    key = (("partition", "p"),)
+    assert s["slapos_partition_cpu_seconds_total"] == {key: 0.0}
+    assert s["slapos_partition_io_bytes_total"] == {key: 0.0}  # measured: a true 0
+    assert "slapos_partition_network_receive_bytes_total" not in s  # not measured
 
 
 def test_read_when_scraped_not_kept(data_dir):
@@ -127,12 +193,29 @@ def test_no_store_and_broken_status(data_dir):
 
 def test_current_partitions_for_the_dashboard(data_dir):
     store = Store(data_dir / "collector.db")
+    one_run(store, "10:59:00", [], (1.0, 1, 1, 1, 1, 1, 1, 1, 1, 1), [usage("b", 1.0, io_rw_counter=100,
+                                                                             io_cycles_counter=1)])
     one_run(store, "11:00:00", [("b", 1, "1-1", 1, 2, 3, 4, 5, 6, 7), ("a", 2, "2-1", 1, 1, 1, 1, 1, 1, 1)],
-            (1.0, 1, 1, 1, 1, 1, 1, 1, 1, 1))
+            (1.0, 1, 1, 1, 1, 1, 1, 1, 1, 1),
+            [usage("b", 3.0, processes=1, ended=2, memory_rss=5 * MIB, memory_used=4 * MIB, memory_source="pss",
+                   io_rw_counter=600, io_cycles_counter=6, net_in_bytes=10, net_out_bytes=20, net_in_packets=1,
+                   net_out_packets=2, net_source="sockets", source="acct"),
+             usage("a", 0.6, processes=1, memory_rss=MIB)])
+    with store.transaction():
+        store.insert("computer", [(2, 2.4e9, "x86", 400 * MIB, "", "")], DAY, "11:00:00")
     report = metrics.current_partitions(store)
     store.close()
     assert (report["date"], report["time"]) == (DAY, "11:00:00")
     assert [p["partition"] for p in report["partitions"]] == ["a", "b"]
-    assert report["partitions"][1] == {"partition": "b", "processes": 1, "threads": 3, "cpu_percent": 1,
-                                       "cpu_seconds": 2, "memory_percent": 4, "resident_bytes": 5,
-                                       "io_bytes": 6, "io_ops": 7}
+    assert report["partitions"][1] == pytest.approx({
+        "partition": "b", "processes": 1, "ended": 2, "threads": 3, "cpu_percent": 5.0, "cpu_seconds": 3.0,
+        "cpu_seconds_total": 4.0, "ended_total": 2, "memory_used_bytes": 4 * MIB, "resident_bytes": 5 * MIB,
+        "memory_percent": 1.0, "io_bytes": 600, "io_ops": 6, "io_bytes_total": 700, "io_ops_total": 7,
+        "net_in_bytes": 10, "net_out_bytes": 20, "net_in_packets": 1, "net_out_packets": 2,
+        "net_in_bytes_total": 10, "net_out_bytes_total": 20, "net_in_packets_total": 1, "net_out_packets_total": 2,
+        "source": "acct", "memory_source": "pss", "net_source": "sockets"})
+    # Not measured: None (the dashboard shows n/a), never 0; memory % from RSS where memory_used is NULL.
+    a = report["partitions"][0]
+    assert a["memory_used_bytes"] is None and a["io_bytes"] is None and a["net_in_bytes"] is None
+    assert "io_bytes_total" not in a and "net_in_bytes_total" not in a
+    assert a["memory_percent"] == pytest.approx(0.25)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from slapos_collect_recipe import realtime
+from slapos_collect_recipe.snapshot import PartitionUsage
 from slapos_collect_recipe.store import DB_NAME, Store
 
 SYSTEM_FILES = [f"{stem}.csv" for stem in realtime.SYSTEM_SERIES]
@@ -92,6 +93,68 @@ def test_day_change_starts_over_and_drops_gone_disks(data_dir: Path) -> None:
     assert not list(data_dir.glob(".*.tmp"))
 
 
+LABELS = ["slappart0", "a/b c", "a_b_c", "a%2Fb%20c", "été ☃", "..", "~x", "w" * 300, "w" * 299 + "v"]
+
+
+def add_usage(store: Store, day: str, time_: str, rows: list[PartitionUsage], **system) -> None:
+    add_run(store, day, time_, **system)
+    with store.transaction():
+        store.insert_usage([r.row() for r in rows], day, time_)
+
+
+def part(label: str, cpu: float = 25.0, **figures) -> PartitionUsage:
+    values = dict(cpu_time=cpu * 0.6, cpu_percent=cpu, processes=2, ended=0, memory_rss=8 * 2**20,
+                  io_rw_counter=None, io_cycles_counter=None, source="children")
+    values.update(figures)
+    return PartitionUsage(partition=label, **values)
+
+
+def test_per_partition_files_names_units_and_gaps(data_dir: Path) -> None:
+    from urllib.parse import unquote
+
+    with Store(data_dir / DB_NAME) as store:
+        add_usage(store, "2026-03-01", "10:00:00", [part(label) for label in LABELS])
+        realtime.publish(store, data_dir)
+        add_usage(store, "2026-03-01", "10:01:00", [
+            part(label, cpu=50.0, memory_used=4 * 2**20, io_rw_counter=3072, net_in_bytes=2048, net_out_bytes=1024)
+            for label in LABELS])
+        realtime.publish(store, data_dir)
+    names = sorted(p.name for p in data_dir.glob("partition_*.csv"))
+    # Five figures per label, no two labels on one file, none of them hidden or outside.
+    assert len(names) == 5 * len(LABELS) == len(set(names))
+    assert all("/" not in n and not n.startswith(".") and len(n.encode()) < 240 for n in names)
+    cpu = {n[len("partition_cpu_percent_"):-4]: n for n in names if n.startswith("partition_cpu_percent_")}
+    # Reversible: the label is the name's part, percent-decoded (cut and hashed only when too long).
+    assert sorted(unquote(k) for k in cpu if "~" not in k) == sorted(label for label in LABELS if len(label) < 100)
+    assert [k for k in cpu if "~" in k] and len([k for k in cpu if "~" in k]) == 2
+    assert (data_dir / "partition_cpu_percent_a%2Fb%20c.csv").exists()
+    assert (data_dir / "partition_cpu_percent_a%252Fb%2520c.csv").exists()
+    assert (data_dir / "partition_memory_used_%C3%A9t%C3%A9%20%E2%98%83.csv").exists()
+
+    def entries(figure: str) -> list[list[str]]:
+        return read_csv(data_dir / f"partition_{figure}_slappart0.csv")
+
+    assert entries("cpu_percent") == [["time", "entry"], ["2026-03-01 10:00:00", "25"], ["2026-03-01 10:01:00", "50"]]
+    # KiB; memory_used, or the RSS sum where it was not measured
+    assert entries("memory_used")[1:] == [["2026-03-01 10:00:00", "8192"], ["2026-03-01 10:01:00", "4096"]]
+    # Not measured (NULL): no line at all, never a 0.
+    assert entries("io_bytes")[1:] == [["2026-03-01 10:01:00", "3"]]
+    assert entries("net_in_bytes")[1:] == [["2026-03-01 10:01:00", "2"]]
+    assert entries("net_out_bytes")[1:] == [["2026-03-01 10:01:00", "1"]]
+
+
+def test_day_change_drops_partitions_that_are_gone(data_dir: Path) -> None:
+    with Store(data_dir / DB_NAME) as store:
+        add_usage(store, "2026-03-01", "23:59:00", [part("kept", net_in_bytes=10), part("gone")])
+        realtime.publish(store, data_dir)
+        assert (data_dir / "partition_cpu_percent_gone.csv").exists()
+        add_usage(store, "2026-03-02", "00:00:00", [part("kept")])
+        realtime.publish(store, data_dir)
+    assert sorted(p.name for p in data_dir.glob("partition_*.csv")) == [
+        "partition_cpu_percent_kept.csv", "partition_memory_used_kept.csv"]  # net no longer measured: gone too
+    assert read_csv(data_dir / "partition_cpu_percent_kept.csv")[1:] == [["2026-03-02 00:00:00", "25"]]
+
+
 def test_a_reader_never_sees_half_a_line_or_a_missing_file(data_dir: Path) -> None:
     path = data_dir / "system_cpu_percent.csv"
     stop = threading.Event()
@@ -170,7 +233,7 @@ function plot(name) {
     const div = document.createElement("div");
     div.style.width = "600px"; div.style.height = "200px";
     document.body.appendChild(div);
-    const g = new Dygraph(div, name, {});
+    const g = new Dygraph(div, encodeURIComponent(name), {});
     g.ready(() => resolve({rows: g.numRows(), columns: g.numColumns(), labels: g.getLabels(),
                            first: g.getValue(0, 0), value: g.getValue(0, 1)}));
     setTimeout(() => reject(new Error("no chart for " + name)), 20000);
@@ -188,12 +251,16 @@ def test_the_csvs_plot_in_dygraphs_in_a_real_browser(data_dir: Path, static_serv
     runs = 90
     with Store(data_dir / DB_NAME) as store:
         for n in range(runs):
-            add_run(store, "2026-03-01", f"{n // 60:02d}:{n % 60:02d}:00", net_in=1024.0 * n * n, cpu=n % 100)
+            add_usage(store, "2026-03-01", f"{n // 60:02d}:{n % 60:02d}:00", [
+                part(label, cpu=n % 100, memory_used=n * 2**20, io_rw_counter=n * 1024, net_in_bytes=n,
+                     net_out_bytes=n) for label in ("slappart0", "a/b c", "été ☃")], net_in=1024.0 * n * n, cpu=n % 100)
             realtime.publish(store, data_dir)
     (data_dir / "dygraph-combined.js").write_bytes(
         (Path(dygraphs.__file__).parent / "assets" / "dygraph-combined.js").read_bytes())
     (data_dir / "index.html").write_text(PAGE)
-    names = sorted(p.name for p in data_dir.glob("system_*.csv"))
+    names = sorted(p.name for p in data_dir.glob("system_*.csv")) + sorted(
+        p.name for p in data_dir.glob("partition_*.csv"))
+    assert len(names) == len(SYSTEM_FILES) + 2 + 15
 
     with playwright_api.sync_playwright() as pw:
         browser = _launch(pw)

@@ -35,6 +35,8 @@ def fill(data_dir: Path) -> dict[str, bytes]:
     with store.transaction():
         store.insert("user", [("slappart0", 1, "1-1", 2.5, 10.0, 3, 1.0, 1e6, 1000, 10)], "2026-11-29", "09:00:00")
         store.insert("system", [(0.5, 12.0, 1e9, 2e9, 100, 0, 0, 200, 0, 0)], "2026-11-29", "09:00:00")
+        store.insert_usage([("slappart0", 10.0, 16.7, 1, 0, 1e6, 1000, 10, "children", None, None, None, None, None,
+                             None, None)], "2026-11-29", "09:00:00")
     store.close()
     files = {
         "system_cpu_percent.csv": CSV.encode(),

@@ -1,6 +1,7 @@
-/* slapmonitor dashboard: charts of today's CSVs (header "time,entry") and the
- * partitions' latest consumption. Everything comes from this server, relative
- * to /<secret>/; refreshed every minute. */
+/* slapmonitor dashboard: charts of today's CSVs (header "time,entry"), the
+ * machine's and one line per partition, and the partitions' latest consumption.
+ * Everything comes from this server, relative to /<secret>/; refreshed every
+ * minute. */
 (function () {
   "use strict";
 
@@ -20,6 +21,32 @@
               "system_net_in_dropped.csv", "system_net_out_dropped.csv"],
       labels: ["in errors", "out errors", "in dropped", "out dropped"] }
   ];
+
+  /* partition_<figure>_<label>.csv (realtime.py): one chart per figure, one line per
+   * partition; the CSVs hold KiB for memory, IO and network. */
+  var PARTITION = [
+    { figure: "cpu_percent", id: "partition-cpu", title: "CPU by partition (%, 100 = one core)" },
+    { figure: "memory_used", id: "partition-memory", title: "Memory by partition (MiB)", scale: 1 / 1024 },
+    { figure: "io_bytes", id: "partition-io", title: "IO by partition (KiB per sample)" },
+    { figure: "net_in_bytes", id: "partition-net-in", title: "Network in by partition (KiB per sample)" },
+    { figure: "net_out_bytes", id: "partition-net-out", title: "Network out by partition (KiB per sample)" }
+  ];
+  var PARTITION_FILE = new RegExp("^partition_(" + PARTITION.map(function (c) { return c.figure; }).join("|") +
+                                  ")_(.+)\\.csv$");
+
+  /* The label out of its file name part: percent-encoded (reversible), or, when
+   * too long, its first characters, "~" and a hash. */
+  function labelOf(part) {
+    var hashed = part.indexOf("~");
+    var shown = hashed < 0 ? part : part.slice(0, hashed);
+    try { shown = decodeURIComponent(shown); } catch (e) { /* not UTF-8: shown as encoded */ }
+    return hashed < 0 ? shown : shown + "\u2026" + part.slice(hashed + 1, hashed + 7);
+  }
+
+  /* dygraph writes labels into its legend as HTML: a label is any string. */
+  function escapeHtml(value) {
+    return value.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;");
+  }
 
   function text(el, value) { el.textContent = value; return el; }
 
@@ -41,6 +68,24 @@
         if (present[f]) { files.push(f); labels.push(g.labels[i]); used[f] = true; }
       });
       if (files.length) { groups.push({ id: g.id, title: g.title, files: files, labels: labels, scale: g.scale }); }
+    });
+    var byFigure = {};
+    names.forEach(function (n) {
+      var m = PARTITION_FILE.exec(n);
+      if (m) {
+        used[n] = true;
+        (byFigure[m[1]] = byFigure[m[1]] || []).push({ file: n, label: labelOf(m[2]) });
+      }
+    });
+    PARTITION.forEach(function (c) {
+      var lines = (byFigure[c.figure] || []).sort(function (a, b) {
+        return a.label < b.label ? -1 : a.label > b.label ? 1 : 0;
+      });
+      if (lines.length) {
+        groups.push({ id: c.id, title: c.title, scale: c.scale, partitions: true,
+                      files: lines.map(function (l) { return l.file; }),
+                      labels: lines.map(function (l) { return escapeHtml(l.label); }) });
+      }
     });
     var disks = {};
     names.forEach(function (n) {
@@ -147,27 +192,35 @@
         if (!graph) { text(plot, "no data yet today").className = "plot empty"; }
         return;
       }
-      if (graph) {
-        graph.updateOptions({ file: data });
+      if (graph) {  // labels too: a partition may have appeared since
+        graph.updateOptions({ file: data, labels: ["time"].concat(group.labels) });
       } else {
         plot.textContent = "";
         plot.className = "plot";
-        state.graphs[group.id] = new Dygraph(plot, data, {
+        var options = {
           labels: ["time"].concat(group.labels),
           labelsUTC: true,
-          legend: "always",
+          legend: group.files.length > 8 ? "onmouseover" : "always",
           connectSeparatedPoints: true,
           includeZero: true,
           labelsKMB: true,
           axes: { y: { axisLabelWidth: 60 } }
-        });
+        };
+        if (group.partitions) { options.highlightSeriesOpts = { strokeWidth: 2 }; }
+        state.graphs[group.id] = new Dygraph(plot, data, options);
       }
     });
   }
 
+  /* null: not measured (never shown as 0). */
   function fmt(value, scale, digits) {
-    if (value === null || value === undefined) { return ""; }
+    if (value === null || value === undefined) { return "n/a"; }
     return (value / scale).toFixed(digits);
+  }
+
+  function sources(p) {
+    return ["cpu/io " + (p.source || "n/a"), "memory " + (p.memory_source || "n/a"),
+            "network " + (p.net_source || "n/a")].join(", ");
   }
 
   function table(report) {
@@ -177,16 +230,18 @@
     report.partitions.forEach(function (p) {
       var tr = make("tr");
       tr.appendChild(text(make("td"), p.partition));
-      [[p.processes, 1, 0], [p.threads, 1, 0], [p.cpu_percent, 1, 1], [p.cpu_seconds, 1, 1],
-       [p.resident_bytes, 1048576, 1], [p.memory_percent, 1, 2], [p.io_bytes, 1048576, 1],
-       [p.io_ops, 1, 0], [p.folder_bytes, 1048576, 1]].forEach(function (c) {
+      [[p.processes, 1, 0], [p.ended, 1, 0], [p.threads, 1, 0], [p.cpu_percent, 1, 1],
+       [p.cpu_seconds, 1, 2], [p.cpu_seconds_total, 1, 1], [p.memory_used_bytes, 1048576, 1],
+       [p.resident_bytes, 1048576, 1], [p.memory_percent, 1, 2], [p.io_bytes, 1024, 1], [p.io_ops, 1, 0],
+       [p.net_in_bytes, 1024, 1], [p.net_out_bytes, 1024, 1], [p.folder_bytes, 1048576, 1]].forEach(function (c) {
         tr.appendChild(text(make("td", "n"), fmt(c[0], c[1], c[2])));
       });
+      tr.appendChild(text(make("td", "src"), sources(p)));
       body.appendChild(tr);
     });
     if (!report.partitions.length) {
       var tr = make("tr"), td = make("td", "empty");
-      td.colSpan = 10;
+      td.colSpan = 16;
       tr.appendChild(text(td, "no partition data yet"));
       body.appendChild(tr);
     }
