@@ -9,12 +9,43 @@ import pytest
 from browser import browser_page
 from monitor_helpers import running_server
 
+from slapos_collect_recipe import realtime
+from slapos_collect_recipe.snapshot import PartitionUsage
 from slapos_collect_recipe.store import Store
 
 pytestmark = pytest.mark.slow
 
 DAY = time.strftime("%Y-%m-%d", time.gmtime())
 MINUTES = 30
+MIB = 1048576
+# Any label is a partition: a slash, spaces, HTML, unicode.
+ODD = "<b>web</b> / été ☃"
+PARTITION_CHARTS = ["partition-cpu", "partition-memory", "partition-io", "partition-net-in", "partition-net-out"]
+# Coloured pixels (a series line; axes and grid are grey) of a chart's canvases.
+COLOURED = """id => Array.from(document.querySelectorAll('#chart-' + id + ' canvas')).reduce((n, c) => {
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  for (let i = 0; i < d.length; i += 4) {
+    if (d[i + 3] > 0 && (Math.abs(d[i] - d[i + 1]) > 40 || Math.abs(d[i + 1] - d[i + 2]) > 40)) { n++; }
+  }
+  return n;
+}, 0)"""
+
+
+def usage_rows(m: int) -> list[tuple]:
+    """One run of three partitions, as a sampler writes them (slappart1: memory and network not measured)."""
+    def row(label: str, cpu: float, **figures) -> tuple:
+        values = dict(processes=2, ended=m % 3, memory_rss=(40 + m) * MIB, io_rw_counter=None,
+                      io_cycles_counter=None, source="children")
+        values.update(figures)
+        return PartitionUsage(partition=label, cpu_time=cpu * 0.6, cpu_percent=cpu, **values).row()
+
+    return [row("slappart0", 20 + m % 5, memory_used=(30 + m) * MIB, memory_source="pss", io_rw_counter=2048 * m,
+                io_cycles_counter=m, net_in_bytes=1024 * m, net_out_bytes=512 * m, net_in_packets=m,
+                net_out_packets=m, net_source="nftables"),
+            row("slappart1", 60 - m, io_rw_counter=1024, io_cycles_counter=1),
+            row(ODD, 5.0 + m, memory_used=10 * MIB, memory_source="cgroup-v2", io_rw_counter=0,
+                io_cycles_counter=0, net_in_bytes=3000, net_out_bytes=0, net_in_packets=3, net_out_packets=0,
+                net_source="interface", source="cgroup-v2")]
 
 
 def wait_js(page, expression: str, timeout: float = 30) -> None:
@@ -51,19 +82,28 @@ def fill(data_dir) -> dict[str, int]:
         "benchmark_cpu.csv": [1.5] * 10,
         "benchmark_sqlite.csv": [12000 + m for m in range(5)],
     }
-    for name, values in series.items():
-        (data_dir / name).write_text(csv(values))
     store = Store(data_dir / "collector.db")
+    # The per-partition CSVs as the real-time publisher appends them, run after run.
+    for m in range(MINUTES):
+        stamp = f"10:{m:02d}:00"
+        with store.transaction():
+            store.insert("system", [(0.5, 10.0, 1e9, 2e9, 0, 0, 0, 0, 0, 0)], DAY, stamp)
+            store.insert_usage(usage_rows(m), DAY, stamp)
+        realtime.publish(store, data_dir)
     with store.transaction():
         store.insert("user", [
             ("slappart0", 1, "1-1", 2.5, 10.0, 3, 1.0, 50 * 1048576, 1000, 10),
             ("slappart0", 2, "2-1", 1.5, 5.0, 1, 0.5, 20 * 1048576, 500, 5),
             ("slappart1", 3, "3-1", 0.5, 1.0, 1, 0.1, 3 * 1048576, 10, 1),
         ], DAY, "10:29:00")
+        store.insert("computer", [(2, 2.4e9, "x86", 4096 * MIB, "", "")], DAY, "10:29:00")
     store.close()
+    for name, values in series.items():
+        (data_dir / name).write_text(csv(values))
     os.symlink("/etc/passwd", data_dir / "system_evil.csv")  # must not become a chart
     # chart id -> rows it must show
     return {"cpu": MINUTES, "load": MINUTES, "memory": MINUTES, "network": MINUTES, "network-errors": MINUTES,
+            **{chart: MINUTES for chart in PARTITION_CHARTS},
             "disk-_dev_sda1": MINUTES, "disk-_dev_sdb1": MINUTES, "benchmark_cpu": 10, "benchmark_sqlite": 5}
 
 
@@ -88,12 +128,36 @@ def test_dashboard_renders_every_chart_and_the_partitions(data_dir):
         # KiB in the CSVs, GiB on the chart
         assert page.evaluate("window.slapmonitor.graphs['memory'].getValue(0, 1)") == pytest.approx(1e6 / 1048576)
         assert page.evaluate("window.slapmonitor.graphs['cpu'].getValue(0, 1)") == 10
-        # the partitions table
+        # one line per partition, labelled by partition (HTML in a label shown as text)
+        for chart in PARTITION_CHARTS:
+            labels = page.evaluate(f"window.slapmonitor.graphs['{chart}'].getLabels()")
+            assert labels == ["time", ODD, "slappart0", "slappart1"] or (
+                chart.startswith("partition-net") and labels == ["time", ODD, "slappart0"]), (chart, labels)
+            assert page.evaluate(COLOURED, chart) > 500, chart  # the lines are drawn
+        assert page.locator("#chart-partition-cpu .legend").inner_text().count("slappart") == 2
+        assert "<b>web</b>" in page.locator("#chart-partition-cpu .legend").inner_text()
+        assert page.locator("#chart-partition-cpu b").count() == 0  # never markup
+        assert page.evaluate("window.slapmonitor.graphs['partition-cpu'].getValue(29, 3)") == 31  # slappart1
+        # memory: memory_used where measured, the RSS sum where not, KiB in the CSVs, MiB on the chart
+        assert page.evaluate("window.slapmonitor.graphs['partition-memory'].getValue(0, 2)") == 30
+        assert page.evaluate("window.slapmonitor.graphs['partition-memory'].getValue(0, 3)") == 40
+        assert page.evaluate("window.slapmonitor.graphs['partition-io'].getValue(29, 2)") == 58  # KiB
+        screenshot = os.environ.get("SLAPOS_COLLECT_SCREENSHOT")
+        if screenshot:
+            page.screenshot(path=screenshot, full_page=True)
+        # the partitions table (latest partition_usage rows)
         table = page.locator("#partitions tbody tr")
-        assert table.count() == 2
-        first = table.nth(0).locator("td").all_inner_texts()
-        assert first[:5] == ["slappart0", "2", "4", "4.0", "15.0"]
-        assert first[5] == "70.0"  # MiB resident
+        assert table.count() == 3
+        rows = {tr.locator("td").nth(0).inner_text(): tr.locator("td").all_inner_texts()
+                for tr in table.all()}
+        assert set(rows) == {ODD, "slappart0", "slappart1"}
+        assert rows["slappart0"][1:16] == [
+            "2", "2", "4", "24.0", "14.40", "396.0",  # processes, ended, threads, CPU %, s, total s
+            "59.0", "69.0", "1.44", "58.0", "29",  # memory used, RSS (MiB), memory %, IO KiB, ops
+            "29.0", "14.5", "n/a", "cpu/io children, memory pss, network nftables"]
+        # not measured: n/a, never 0
+        assert rows["slappart1"][7] == "n/a" and rows["slappart1"][12:14] == ["n/a", "n/a"]
+        assert rows["slappart1"][15] == "cpu/io children, memory n/a, network n/a"
         # nothing from outside the server, no console error
         origin = server.base.rstrip("/")
         assert console.requests and all(url.startswith(origin) for url in console.requests)

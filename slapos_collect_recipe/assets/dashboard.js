@@ -43,11 +43,6 @@
     return hashed < 0 ? shown : shown + "\u2026" + part.slice(hashed + 1, hashed + 7);
   }
 
-  /* dygraph writes labels into its legend as HTML: a label is any string. */
-  function escapeHtml(value) {
-    return value.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;");
-  }
-
   function text(el, value) { el.textContent = value; return el; }
 
   function make(tag, cls) {
@@ -84,7 +79,7 @@
       if (lines.length) {
         groups.push({ id: c.id, title: c.title, scale: c.scale, partitions: true,
                       files: lines.map(function (l) { return l.file; }),
-                      labels: lines.map(function (l) { return escapeHtml(l.label); }) });
+                      labels: lines.map(function (l) { return l.label; }) });  // dygraph escapes them
       }
     });
     var disks = {};
@@ -170,6 +165,8 @@
       box.id = "chart-" + group.id;
       box.appendChild(text(make("h3"), group.title));
       box.appendChild(make("div", "plot"));
+      // One line per partition: the labels below the plot, where they hide no line.
+      if (group.partitions) { box.appendChild(make("div", "legend")); }
       document.getElementById("charts").appendChild(box);
     }
     return box;
@@ -200,13 +197,18 @@
         var options = {
           labels: ["time"].concat(group.labels),
           labelsUTC: true,
-          legend: group.files.length > 8 ? "onmouseover" : "always",
+          legend: "always",
           connectSeparatedPoints: true,
           includeZero: true,
           labelsKMB: true,
           axes: { y: { axisLabelWidth: 60 } }
         };
-        if (group.partitions) { options.highlightSeriesOpts = { strokeWidth: 2 }; }
+        if (group.partitions) {
+          options.highlightSeriesOpts = { strokeWidth: 2 };
+          options.labelsDiv = box.querySelector(".legend");
+          options.labelsSeparateLines = false;
+          options.legend = "always";
+        }
         state.graphs[group.id] = new Dygraph(plot, data, options);
       }
     });
