@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -219,3 +220,41 @@ def test_current_partitions_for_the_dashboard(data_dir):
     assert a["memory_used_bytes"] is None and a["io_bytes"] is None and a["net_in_bytes"] is None
     assert "io_bytes_total" not in a and "net_in_bytes_total" not in a
     assert a["memory_percent"] == pytest.approx(0.25)
+
+
+def test_real_collect_runs_scraped(data_dir, tmp_path):
+    """The real console script, three times: every counter scraped is the running sum of
+    the partition's partition_usage rows, and never went down, whatever sampler filled them."""
+    import subprocess
+    import sys
+
+    from conftest import run_cli
+
+    folder = tmp_path / "part"
+    folder.mkdir()
+    seen = []
+    busy = subprocess.Popen([sys.executable, "-c", "while True:\n    pass\n"], cwd=folder)
+    try:
+        for _ in range(3):
+            time.sleep(1.1)  # runs are stamped to the second: one stamp per run, as cron's minutes give
+            run_cli("collect", "--data-dir", str(data_dir), "--partition", f"web={folder}", check=True)
+            seen.append(scrape(data_dir))
+    finally:
+        busy.kill()
+        busy.wait()
+    with Store(data_dir / "collector.db", readonly=True) as store:
+        stamp = store.latest_stamp("partition_usage")
+        latest = store.rows_at("partition_usage", *stamp) if stamp else []
+        counters = store.partition_counters()
+    name = "slapos_partition_cpu_seconds_total"
+    assert (name in seen[-1]) == bool(counters)
+    for part, sums in counters.items():
+        key = (("partition", part),)
+        cpu = [s[name][key] for s in seen if key in s.get(name, {})]
+        assert cpu == sorted(cpu) and cpu[-1] == pytest.approx(sums["cpu_time"])
+        assert seen[-1]["slapos_partition_ended_processes_total"][key] == sums["ended"]
+    for row in latest:
+        key = (("partition", row["partition"]),)
+        assert seen[-1]["slapos_partition_cpu_percent"][key] == pytest.approx(row["cpu_percent"])
+        assert seen[-1]["slapos_partition_processes"][key] == row["processes"]
+    assert "node_load1" in seen[-1]

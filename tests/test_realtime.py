@@ -6,6 +6,7 @@ import csv
 import functools
 import http.server
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -296,3 +297,39 @@ def _launch(pw):
         args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
               "--disable-background-networking", "--disable-component-update", "--disable-sync"],
     )
+
+
+def test_real_collect_runs_publish_what_partition_usage_holds(data_dir: Path, tmp_path: Path) -> None:
+    """The real console script, twice, with a busy process in the partition's folder: each
+    partition_usage row of the latest run is the last line of its partition's files (a
+    figure not measured: no line), whatever sampler filled the table."""
+    import subprocess
+    import sys
+
+    from conftest import run_cli
+
+    folder = tmp_path / "web part"
+    folder.mkdir()
+    busy = subprocess.Popen([sys.executable, "-c", "while True:\n    pass\n"], cwd=folder)
+    try:
+        for _ in range(2):
+            time.sleep(1.1)  # runs are stamped to the second: one stamp per run, as cron's minutes give
+            run_cli("collect", "--data-dir", str(data_dir), "--partition", f"web/1={folder}", check=True)
+    finally:
+        busy.kill()
+        busy.wait()
+    with Store(data_dir / DB_NAME, readonly=True) as store:
+        stamp = store.latest_stamp("system")
+        latest = store.rows_at("partition_usage", *stamp)
+    assert all(row["partition"] == "web/1" for row in latest)
+    for row in latest:
+        for figure, (names, divisor) in realtime.PARTITION_SERIES.items():
+            path = data_dir / f"{realtime.partition_file_stem(figure, row['partition'])}.csv"
+            value = next((row[name] for name in names if row[name] is not None), None)
+            lines = read_csv(path) if path.exists() else []
+            if value is None:
+                assert [f"{stamp[0]} {stamp[1]}"] not in [line[:1] for line in lines], figure
+            else:
+                assert lines[0] == ["time", "entry"] and lines[-1] == [
+                    f"{stamp[0]} {stamp[1]}", realtime.format_value(value / divisor)], figure
+    assert (data_dir / "partition_cpu_percent_web%2F1.csv").exists() == bool(latest)
