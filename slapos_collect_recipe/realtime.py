@@ -139,10 +139,11 @@ def series(store: Store) -> tuple[str, dict[str, str]] | None:
                 continue
             values[disk_file_stem(kind, device)] = format_value(value)
     for usage in store.rows_at("partition_usage", *stamp):
+        label = label_part(usage["partition"])
         for figure, (names, divisor) in PARTITION_SERIES.items():
             value = next((usage[name] for name in names if usage[name] is not None), None)
             if value is not None:  # not measured: no line (a gap in the chart), never a 0
-                values[partition_file_stem(figure, usage["partition"])] = format_value(value / divisor)
+                values[f"{PARTITION_PREFIX}{figure}_{label}"] = format_value(value / divisor)
     return f"{stamp[0]} {stamp[1]}", values
 
 
