@@ -175,10 +175,15 @@ def test_dashboard_refreshes_and_picks_up_new_data(data_dir):
         tmp.write_text(csv([10 + m % 7 for m in range(MINUTES + 5)]))
         os.replace(tmp, data_dir / "system_cpu_percent.csv")
         (data_dir / "benchmark_net.csv").write_text(csv([3.0, 4.0]))
+        # a partition that appears gets its line
+        (data_dir / f"{realtime.partition_file_stem('cpu_percent', 'new one')}.csv").write_text(csv([7.0, 8.0]))
         page.clock.run_for(61_000)
         wait_js(page, "window.slapmonitor.refreshes >= 2")
         assert page.evaluate("window.slapmonitor.graphs['cpu'].numRows()") == MINUTES + 5
         assert page.evaluate("window.slapmonitor.graphs['benchmark_net'].numRows()") == 2
+        assert page.evaluate("window.slapmonitor.graphs['partition-cpu'].getLabels()") == [
+            "time", ODD, "new one", "slappart0", "slappart1"]
+        assert page.evaluate("window.slapmonitor.graphs['partition-cpu'].getValue(1, 2)") == 8
         assert console.errors == [], console.messages
 
 
