@@ -206,8 +206,6 @@
         if (group.partitions) {
           options.highlightSeriesOpts = { strokeWidth: 2 };
           options.labelsDiv = box.querySelector(".legend");
-          options.labelsSeparateLines = false;
-          options.legend = "always";
         }
         state.graphs[group.id] = new Dygraph(plot, data, options);
       }
