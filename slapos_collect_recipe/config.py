@@ -20,6 +20,8 @@ from .errors import CollectError
 SECTION = "slapos-collect"
 DEFAULT_KEEP_DAYS = 3
 DEFAULT_FOLDER_CYCLE = 86400
+DEFAULT_MEMORY_CYCLE = 300
+MAX_MEMORY_CYCLE = 86400  # the carried figure's stamp is a time of day
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class CollectSettings:
     folder_cycle: int = DEFAULT_FOLDER_CYCLE
     report_disk_usage: bool = True
     computer_id: str = ""
+    memory_cycle: int = DEFAULT_MEMORY_CYCLE
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -242,8 +245,20 @@ def collect_settings(args: argparse.Namespace) -> CollectSettings:
         folder_cycle=folder_cycle,
         report_disk_usage=get_bool(cp, section, "report-disk-usage", default_report),
         computer_id=cp.get(section, "computer-id", fallback="").strip() or (node.computer_id if node else ""),
+        memory_cycle=memory_cycle(args, cp),
     )
     return settings
+
+
+def memory_cycle(args: argparse.Namespace, cp: configparser.ConfigParser) -> int:
+    """``--memory-cycle`` over ``memory-cycle``: seconds between two PSS reads of a partition
+    whose page tables are large (0: every run)."""
+    value = getattr(args, "memory_cycle", None)
+    if value is None:
+        value = get_int(cp, SECTION, "memory-cycle", DEFAULT_MEMORY_CYCLE)
+    if not 0 <= value <= MAX_MEMORY_CYCLE:
+        raise CollectError(f"memory-cycle must be between 0 and {MAX_MEMORY_CYCLE} seconds, not {value}")
+    return value
 
 
 def setup_logging(log_file: str | None, verbose: bool = False, long_running: bool = False) -> None:

@@ -1,0 +1,177 @@
+"""A partition's memory with nothing counted twice (``partition_usage.memory_used``).
+
+Summing RSS counts a page once per process that maps it: a prefork server
+(a parent that touched 200 MB, then forked 8 workers) sums to 1.8 GB. Here:
+
+- a partition with a cgroup that has a memory controller: the cgroup's own
+  figure, its *working set*: ``memory.current`` (v2) or
+  ``memory.usage_in_bytes`` (v1) minus the inactive file cache
+  (``inactive_file`` / ``total_inactive_file`` of ``memory.stat``). Inactive
+  file pages are cache the kernel reclaims first, without writing anything,
+  as soon as memory is needed: they measure what was read lately, not what
+  the partition needs. Active file cache, anonymous memory, shared memory and
+  kernel memory charged to the cgroup (page tables, sockets, slab) count.
+- otherwise the sum of its live processes' PSS (``/proc/<pid>/smaps_rollup``:
+  each page divided by the number of processes mapping it). A process whose
+  ``smaps_rollup`` cannot be read (another user's when not root; none before
+  Linux 4.14) counts with its RSS, and the figure is ``pss-partial``.
+
+Reading ``smaps_rollup`` walks the process's page tables, so a partition with
+a large RSS sum is re-read at most every ``memory-cycle`` seconds; between
+reads its last figure is carried, marked with the time it was taken
+(``pss@HH:MM:SS``). README.md ("Partition memory") has the figures.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from .snapshot import PartitionUsage, ProcessSample
+
+log = logging.getLogger("slapos_collect")
+
+# A partition whose processes' RSS sums to at most this is read every run: its
+# page tables are walked in a few ms (about 7 ms per GB here).
+CHEAP_RSS = 1 << 30
+# A carried figure is dropped early when the partition's RSS sum moved by more
+# than this fraction, or its process count changed, since it was taken.
+RSS_DRIFT = 0.10
+
+
+@dataclass
+class Figure:
+    """One partition's memory and how it was found."""
+
+    used: int
+    source: str  # cgroup-v2, cgroup-v1, pss, pss-partial
+    unreadable: int = 0  # processes whose RSS stood in for their PSS
+
+
+def _read_stat(path: str, keys: tuple[str, ...]) -> int:
+    """The first of ``keys`` found in a ``memory.stat`` file (0 when none)."""
+    try:
+        with open(path, "rb") as handle:
+            values = dict(line.split(None, 1) for line in handle.read().splitlines() if line)
+    except (OSError, ValueError):
+        return 0
+    for key in keys:
+        raw = values.get(key.encode())
+        if raw is not None:
+            return int(raw)
+    return 0
+
+
+def cgroup_memory(path: str) -> Figure | None:
+    """The working set of the cgroup at ``path``, or None when it has no
+    memory controller (or is gone)."""
+    for usage_file, source, inactive in (
+        ("memory.current", "cgroup-v2", ("inactive_file",)),
+        ("memory.usage_in_bytes", "cgroup-v1", ("total_inactive_file", "inactive_file")),
+    ):
+        try:
+            with open(os.path.join(path, usage_file), "rb") as handle:
+                usage = int(handle.read())
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError):
+            return None
+        cache = _read_stat(os.path.join(path, "memory.stat"), inactive)
+        return Figure(max(usage - cache, 0), source)
+    return None
+
+
+def process_pss(pid: int, proc_root: str = "/proc") -> int | None:
+    """PSS of one process in bytes; 0 when it is gone (its memory went with it);
+    None when its ``smaps_rollup`` cannot be read while it lives."""
+    try:
+        with open(f"{proc_root}/{pid}/smaps_rollup", "rb") as handle:
+            data = handle.read()
+    except (FileNotFoundError, ProcessLookupError):
+        # Gone, or a kernel without smaps_rollup (older than 4.14).
+        return None if os.path.exists(f"{proc_root}/{pid}") else 0
+    except PermissionError:
+        return None
+    start = data.find(b"\nPss:")
+    if start < 0:
+        return 0  # a zombie or a kernel thread: no memory of its own
+    end = data.find(b"\n", start + 5)
+    return int(data[start + 5:end].split()[0]) * 1024
+
+
+def pss_sum(processes: Iterable[ProcessSample], proc_root: str = "/proc") -> Figure:
+    """Sum of the PSS of ``processes``; each unreadable one counts with its RSS."""
+    used = unreadable = 0
+    for proc in processes:
+        pss = process_pss(proc.pid, proc_root)
+        if pss is None:
+            unreadable += 1
+            pss = proc.memory_rss
+        used += pss
+    return Figure(used, "pss-partial" if unreadable else "pss", unreadable)
+
+
+def _carry(kept: dict | None, rss: int, count: int, epoch: float, cycle: int) -> bool:
+    """Whether the figure ``kept`` from an earlier run may stand for this run's."""
+    if not kept or cycle <= 0 or rss <= CHEAP_RSS:
+        return False
+    # One second of slack: runs started by cron each minute drift by a fraction.
+    if not 0 <= epoch - kept["epoch"] < cycle - 1:
+        return False
+    if kept.get("processes") != count:
+        return False
+    return abs(rss - kept.get("rss", 0)) <= RSS_DRIFT * max(kept.get("rss", 0), 1)
+
+
+def fill(
+    usage: list[PartitionUsage],
+    processes: list[ProcessSample],
+    cgroups: Mapping[str, str],
+    previous: dict | None,
+    epoch: float,
+    cycle: int,
+    proc_root: str = "/proc",
+) -> dict:
+    """Fill ``memory_used`` and ``memory_source`` of every entry of ``usage``.
+
+    ``processes`` are this run's samples (their RSS stands in where PSS cannot
+    be read); ``cgroups`` maps a partition label to its cgroup directory;
+    ``previous`` is what the last run returned (the ``memory`` state). Returns
+    the state to keep for the next run."""
+    by_label: dict[str, list[ProcessSample]] = {}
+    for proc in processes:
+        by_label.setdefault(proc.partition, []).append(proc)
+    kept_all = (previous or {}).get("partitions", {})
+    state: dict[str, dict] = {}
+    unreadable = carried = 0
+    started = time.monotonic()
+    for entry in usage:
+        members = by_label.get(entry.partition, [])
+        path = cgroups.get(entry.partition)
+        figure = cgroup_memory(path) if path else None
+        if figure is not None:
+            entry.memory_used, entry.memory_source = figure.used, figure.source
+            continue
+        rss = sum(p.memory_rss for p in members)
+        kept = kept_all.get(entry.partition)
+        if _carry(kept, rss, len(members), epoch, cycle):
+            entry.memory_used, entry.memory_source = kept["used"], f"{kept['source']}@{kept['time']}"
+            state[entry.partition] = kept
+            carried += 1
+            continue
+        figure = pss_sum(members, proc_root)
+        unreadable += figure.unreadable
+        entry.memory_used, entry.memory_source = figure.used, figure.source
+        state[entry.partition] = {
+            "used": figure.used, "source": figure.source, "epoch": epoch,
+            "time": time.strftime("%H:%M:%S", time.gmtime(epoch)), "rss": rss, "processes": len(members),
+        }
+    if unreadable:
+        log.info("%d processes' smaps_rollup unreadable (another user's, not root? kernel before 4.14?): "
+                 "their RSS stands in for their PSS (memory_source pss-partial)", unreadable)
+    log.debug("partition memory in %.3f s (%d partitions carried from an earlier run)",
+              time.monotonic() - started, carried)
+    return {"partitions": state}
