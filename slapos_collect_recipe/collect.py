@@ -71,7 +71,8 @@ def _sample_and_store(settings: CollectSettings) -> tuple[RunSnapshot, Path | No
     with store:
         previous = store.get_state("last_run")
         previous_cpu = store.process_cpu_times(previous["date"], previous["time"]) if previous else {}
-        snap = sample.take(settings.partitions, previous, previous_cpu, store.get_state("usage"), settings)
+        snap = sample.take(settings.partitions, previous, previous_cpu, store.get_state("usage"), settings,
+                           store.get_state("memory"))
         with store.transaction():
             store.insert("user", (p.row() for p in snap.processes), snap.date, snap.time)
             store.insert("system", [snap.system.row()], snap.date, snap.time)

@@ -34,6 +34,8 @@ from .snapshot import PartitionUsage, ProcessSample
 
 log = logging.getLogger("slapos_collect")
 
+STATE_KEY = "memory"  # collect_state key of what the next run needs
+
 # A partition whose processes' RSS sums to at most this is read every run: its
 # page tables are walked in a few ms (about 7 ms per GB here).
 CHEAP_RSS = 1 << 30

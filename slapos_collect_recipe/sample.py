@@ -16,7 +16,8 @@ from collections.abc import Iterable
 import psutil
 
 from . import accounting
-from .config import CollectSettings, Partition
+from . import memory as partition_memory
+from .config import DEFAULT_MEMORY_CYCLE, CollectSettings, Partition
 from .snapshot import (
     ComputerSample,
     DiskIOSample,
@@ -253,13 +254,15 @@ def sample_disks() -> tuple[list[DiskSample], list[DiskIOSample]]:
 
 
 def take(partitions: list[Partition], previous_state: dict | None, previous_cpu: dict[str, float],
-         previous_usage: dict | None = None, settings: CollectSettings | None = None) -> RunSnapshot:
+         previous_usage: dict | None = None, settings: CollectSettings | None = None,
+         previous_memory: dict | None = None) -> RunSnapshot:
     """One run's snapshot of every partition's processes and usage since the
     previous run, the system, the computer and the disks, under one UTC stamp.
 
     ``previous_usage`` is what the previous run kept for ``accounting``
-    (``collect_state`` key ``usage``); ``settings`` name cgroups and process
-    accounting."""
+    (``collect_state`` key ``usage``), ``previous_memory`` what it kept for
+    ``memory`` (key ``memory``); ``settings`` name cgroups, process accounting
+    and the memory cycle."""
     now = time.time()
     stamp = time.gmtime(now)
     boot_time = psutil.boot_time()
@@ -273,6 +276,9 @@ def take(partitions: list[Partition], previous_state: dict | None, previous_cpu:
         members, now, previous_cpu, prev_epoch, memory.total, 100.0 * ncpu, boot_time, kin
     )
     usage, usage_state = accounting.compute(partitions, processes, kin, previous_usage, now, boot_time, ncpu)
+    memory_state = partition_memory.fill(usage, processes, getattr(settings, "cgroups", None) or {},
+                                         previous_memory, now, settings.memory_cycle if settings else
+                                         DEFAULT_MEMORY_CYCLE)
 
     cpu_times = psutil.cpu_times()._asdict()
     net = psutil.net_io_counters()
@@ -308,7 +314,7 @@ def take(partitions: list[Partition], previous_state: dict | None, previous_cpu:
         disk_io=disk_io,
         usage=usage,
         cpu_state={"boot_time": boot_time, "cpu_times": cpu_times},
-        state={accounting.STATE_KEY: usage_state},
+        state={accounting.STATE_KEY: usage_state, partition_memory.STATE_KEY: memory_state},
         vanished=vanished,
         denied=denied,
     )

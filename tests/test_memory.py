@@ -12,14 +12,17 @@ import errno
 import json
 import os
 import pwd
+import shutil
 import signal
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from other_user import other_user_runtime
+from conftest import run_cli
+from other_user import other_user_runtime, shared_dir
 
 from slapos_collect_recipe import memory
 from slapos_collect_recipe.snapshot import PartitionUsage, ProcessSample
@@ -393,3 +396,60 @@ def test_cgroup_files_on_a_fixture_tree(tmp_path: Path) -> None:
     assert memory.cgroup_memory(str(v1)) == memory.Figure(800000, "cgroup-v1")
     assert memory.cgroup_memory(str(bare)) is None
     assert memory.cgroup_memory(str(tmp_path / "gone")) is None
+
+
+def _usage_rows(db: Path) -> list[sqlite3.Row]:
+    con = sqlite3.connect(db)
+    con.row_factory = sqlite3.Row
+    try:
+        return con.execute("SELECT * FROM partition_usage ORDER BY date, time").fetchall()
+    finally:
+        con.close()
+
+
+@needs_root
+@pytest.mark.parametrize("as_user", [OWNER, None], ids=["as-partition-user", "as-root"])
+def test_collect_stores_memory_used(users: dict, workloads: list[Workload], as_user: str | None) -> None:
+    """A real ``collect`` run stores the prefork's memory counted once beside its RSS sum; with
+    memory-cycle the next run carries it, stamped."""
+    load = spawn(workloads, 160, 8)
+    runtime = other_user_runtime()
+    work = shared_dir("collect-memory-")
+    try:
+        argv = runtime.command("collect", "--data-dir", str(work / "data"), "--user", OWNER,
+                               "--log-file", str(work / "log"), "--memory-cycle", "600")
+        for _ in range(2):
+            proc = subprocess.run(argv, user=as_user, capture_output=True, text=True, timeout=60,
+                                  env=runtime.env(), cwd=work)
+            assert proc.returncode == 0, proc.stderr
+        first, second = _usage_rows(work / "data" / "collector.db")
+        touched = load.mb * MB
+        assert first["memory_source"] == "pss"
+        assert touched * 0.95 <= first["memory_used"] <= touched + SLACK
+        assert first["memory_rss"] >= 8 * touched
+        assert second["memory_source"] == f"pss@{first['time']}"
+        assert second["memory_used"] == first["memory_used"]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_memory_cycle_setting(tmp_path: Path, data_dir: Path) -> None:
+    """--memory-cycle over the config file's memory-cycle; bad values: one line, non-zero exit."""
+    from argparse import Namespace
+
+    from slapos_collect_recipe import config
+
+    cfg = tmp_path / "collect.cfg"
+    cfg.write_text(f"[slapos-collect]\ndata-dir = {data_dir}\nmemory-cycle = 120\n")
+    args = Namespace(config=str(cfg), data_dir=None, log_file=None, user=[], partition=[], slapos_cfg=None)
+    assert config.collect_settings(args).memory_cycle == 120
+    args.memory_cycle = 0
+    assert config.collect_settings(args).memory_cycle == 0
+    assert config.collect_settings(Namespace(data_dir=str(data_dir))).memory_cycle == 300
+    for bad in ("--memory-cycle=-1", "--memory-cycle=90000"):
+        proc = run_cli("collect", "--data-dir", str(data_dir), bad)
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and "memory-cycle" in proc.stderr, proc.stderr
+    cfg.write_text("[slapos-collect]\nmemory-cycle = often\n")
+    proc = run_cli("collect", "-c", str(cfg), "--data-dir", str(data_dir))
+    assert proc.returncode != 0 and "memory-cycle" in proc.stderr and "Traceback" not in proc.stderr
