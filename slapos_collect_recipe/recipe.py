@@ -134,6 +134,7 @@ class Recipe:
 
         self.frequency = _int("frequency", get("frequency", ""), 1, 1, 59)
         self.keep_days = _int("keep-days", get("keep-days", ""), 3, 1, 3650)
+        self.memory_cycle = _int("memory-cycle", get("memory-cycle", ""), 300, 0, 86400)
         self.bench = _is_true("bench", get("bench", ""))
         self.rotate = _int("logrotate-keep", get("logrotate-keep", ""), 7, 1, 365)
 
@@ -316,6 +317,7 @@ class Recipe:
             partitions="".join(f"\n  {spec}" for spec in self.partitions),
             slapos_cfg=self.slapos_cfg,
             keep_days=self.keep_days,
+            memory_cycle=self.memory_cycle,
             computer_id=self.computer_id,
             host=" ".join(self.hosts),
             port=self.port,

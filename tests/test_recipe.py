@@ -49,6 +49,7 @@ def part(tmp_path: Path) -> Path:
     ({"frequency": "0"}, "frequency must be between 1 and 59"),
     ({"frequency": "often"}, "frequency must be a whole number"),
     ({"keep-days": "-1"}, "keep-days must be between"),
+    ({"memory-cycle": "90000"}, "memory-cycle must be between"),
     ({"port": "http"}, "port must be a whole number"),
     ({"port": "70000"}, "port must be between 1 and 65535"),
     ({"bench": "maybe"}, "bench must be yes or no"),
@@ -69,7 +70,7 @@ def test_bad_options_are_refused_in_init(part: Path, extra: dict, message: str) 
 
 
 def test_install_writes_every_file(part: Path) -> None:
-    rec, options = make(part, frequency="5", **{"keep-days": "9"})
+    rec, options = make(part, frequency="5", **{"keep-days": "9", "memory-cycle": "120"})
     created = rec.install()
     etc = part / "etc"
     expected = {
@@ -113,6 +114,7 @@ def test_install_writes_every_file(part: Path) -> None:
     cp.read(etc / "slapos-collect.cfg")
     assert cp["slapos-collect"]["data-dir"] == str(data_dir)
     assert cp["slapos-collect"]["keep-days"] == "9"
+    assert cp["slapos-collect"]["memory-cycle"] == "120"
     assert cp["slapos-collect"]["computer-id"] == "COMP-1"
     assert cp["monitor"]["host"] == "::1 127.0.0.1"
     assert cp["monitor"]["port"] == str(port)
@@ -235,7 +237,7 @@ def test_ipv4_only_base_url(part: Path) -> None:
 def test_validate_fills_defaults_and_refuses_bad_values() -> None:
     assert validate(SCHEMA, {}) == {
         "collect": "partition", "slapos-cfg": "/etc/opt/slapos/slapos.cfg", "keep-days": 3,
-        "collect-frequency": 1, "benchmarks": False,
+        "collect-frequency": 1, "benchmarks": False, "memory-cycle": 300,
     }
     # A non-serialised request gives strings.
     got = validate(SCHEMA, {"keep-days": "7", "benchmarks": "true", "monitor-port": "9100"})
