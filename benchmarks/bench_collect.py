@@ -52,7 +52,9 @@ ORIGINAL = textwrap.dedent("""
     from slapos.collect import do_collect
     conf = configparser.ConfigParser()
     conf.read_dict({"slapos": {"instance_root": sys.argv[1], "computer_id": "COMP-BENCH"},
-                    "slapformat": {"partition_amount": "3", "user_base_name": "slapuser",
+                    # Other benchmarks name their own users: argv 2 and 3 (bench_memory).
+                    "slapformat": {"partition_amount": (sys.argv[2:3] or ["3"])[0],
+                                   "user_base_name": (sys.argv[3:4] or ["slapuser"])[0],
                                    "partition_base_name": "slappart"},
                     # Folder sizes are measured apart (in the background) by ours: leave them out of both.
                     "collect": {"report_disk_usage": "False"}})

@@ -26,8 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     config.add_common_arguments(parser)
     config.add_partition_arguments(parser)
     parser.add_argument("--memory-cycle", type=int, metavar="SECONDS",
-                        help="re-read the PSS of a partition whose processes' RSS sums above 1 GiB at most "
-                             "every SECONDS, carrying the last figure between reads (default 300; 0: every run)")
+                        help="re-read the PSS of a partition whose walk is dear (many processes or a large RSS sum) "
+                             "at most every SECONDS, carrying the last figure between reads (default 300; "
+                             "0: every run)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every step")
 
 

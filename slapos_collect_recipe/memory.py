@@ -16,10 +16,12 @@ Summing RSS counts a page once per process that maps it: a prefork server
   ``smaps_rollup`` cannot be read (another user's when not root; none before
   Linux 4.14) counts with its RSS, and the figure is ``pss-partial``.
 
-Reading ``smaps_rollup`` walks the process's page tables, so a partition with
-a large RSS sum is re-read at most every ``memory-cycle`` seconds; between
-reads its last figure is carried, marked with the time it was taken
-(``pss@HH:MM:SS``). README.md ("Partition memory") has the figures.
+Reading ``smaps_rollup`` walks the process's page tables, so a partition
+whose walk is dear (many processes or a large RSS sum: ``walk_cost``) is
+re-read at most every ``memory-cycle`` seconds, or at once when its process
+count or RSS sum changed; between reads its last figure is carried, marked
+with the time it was taken (``pss@HH:MM:SS``). README.md ("Partition memory")
+has the figures.
 """
 
 from __future__ import annotations
@@ -36,9 +38,13 @@ log = logging.getLogger("slapos_collect")
 
 STATE_KEY = "memory"  # collect_state key of what the next run needs
 
-# A partition whose processes' RSS sums to at most this is read every run: its
-# page tables are walked in a few ms (about 7 ms per GB here).
-CHEAP_RSS = 1 << 30
+# What a partition's PSS walk costs is about its processes' RSS sum plus a
+# fixed part per process (each read of smaps_rollup costs about what walking
+# 2 MiB of RSS does: 30 us against 15 ms per GiB, measured here). A partition
+# whose walk costs at most CHEAP_WALK (about 4 ms) is read every run; a
+# dearer one at most every memory-cycle seconds.
+PROCESS_WALK = 2 << 20
+CHEAP_WALK = 256 << 20
 # A carried figure is dropped early when the partition's RSS sum moved by more
 # than this fraction, or its process count changed, since it was taken.
 RSS_DRIFT = 0.10
@@ -90,8 +96,11 @@ def process_pss(pid: int, proc_root: str = "/proc") -> int | None:
     """PSS of one process in bytes; 0 when it is gone (its memory went with it);
     None when its ``smaps_rollup`` cannot be read while it lives."""
     try:
-        with open(f"{proc_root}/{pid}/smaps_rollup", "rb") as handle:
-            data = handle.read()
+        fd = os.open(f"{proc_root}/{pid}/smaps_rollup", os.O_RDONLY)
+        try:
+            data = os.read(fd, 4096)  # the Pss line is the third: one read is enough
+        finally:
+            os.close(fd)
     except (FileNotFoundError, ProcessLookupError):
         # Gone, or a kernel without smaps_rollup (older than 4.14).
         return None if os.path.exists(f"{proc_root}/{pid}") else 0
@@ -116,9 +125,14 @@ def pss_sum(processes: Iterable[ProcessSample], proc_root: str = "/proc") -> Fig
     return Figure(used, "pss-partial" if unreadable else "pss", unreadable)
 
 
+def walk_cost(rss: int, count: int) -> int:
+    """What walking the page tables of ``count`` processes of ``rss`` bytes costs, in bytes of RSS."""
+    return rss + count * PROCESS_WALK
+
+
 def _carry(kept: dict | None, rss: int, count: int, epoch: float, cycle: int) -> bool:
     """Whether the figure ``kept`` from an earlier run may stand for this run's."""
-    if not kept or cycle <= 0 or rss <= CHEAP_RSS:
+    if not kept or cycle <= 0 or walk_cost(rss, count) <= CHEAP_WALK:
         return False
     # One second of slack: runs started by cron each minute drift by a fraction.
     if not 0 <= epoch - kept["epoch"] < cycle - 1:

@@ -35,28 +35,8 @@ V1_MEMORY = Path("/sys/fs/cgroup/memory")
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates users, cgroups, drops privileges")
 
-# The workload, run as the partition user: waits for a line on stdin (so the
-# test can first move it into a cgroup), writes MB megabytes of private
-# memory, forks WORKERS idle workers sharing them, prints every pid.
-WORKLOAD = r"""
-import mmap, os, signal, sys
-mb, workers = int(sys.argv[1]), int(sys.argv[2])
-sys.stdin.readline()
-size = mb << 20
-buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-for offset in range(0, size, 4096):
-    buf[offset] = 1
-pids = [os.getpid()]
-for _ in range(workers):
-    pid = os.fork()
-    if pid == 0:
-        while True:
-            signal.pause()
-    pids.append(pid)
-print(" ".join(map(str, pids)), flush=True)
-while True:
-    signal.pause()
-"""
+# The workload (a program): run as the partition user, its text passed by -c.
+WORKLOAD = (Path(__file__).with_name("prefork.py")).read_text()
 
 # What one collection run computes for one partition, as whoever runs it.
 MEASURE = r"""
@@ -109,7 +89,7 @@ class Workload:
 
     def __init__(self, mb: int, workers: int, user: str = OWNER) -> None:
         self.mb = mb
-        self.proc = subprocess.Popen([PYTHON, "-S", "-c", WORKLOAD, str(mb), str(workers)], user=user,
+        self.proc = subprocess.Popen([PYTHON, "-S", "-c", WORKLOAD, str(mb), str(workers), "wait"], user=user,
                                      cwd="/", stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                      start_new_session=True)
         self.pids: list[int] = []
@@ -312,11 +292,11 @@ def _usage(samples: list[ProcessSample], label: str = OWNER) -> list[PartitionUs
 
 @needs_root
 def test_memory_cycle_carries_the_last_figure(users: dict, workloads: list[Workload]) -> None:
-    """A partition whose RSS sums above 1 GiB is re-read every memory-cycle seconds; between reads
-    its last figure is carried, stamped with the time it was taken."""
+    """A partition whose PSS walk is dear (here 1.5 GB of RSS summed) is re-read every memory-cycle
+    seconds; between reads its last figure is carried, stamped with the time it was taken."""
     load = spawn(workloads, 160, 8)
     procs = _samples(load.pids)
-    assert sum(p.memory_rss for p in procs) > memory.CHEAP_RSS
+    assert memory.walk_cost(sum(p.memory_rss for p in procs), len(procs)) > memory.CHEAP_WALK
     epoch = 1_700_000_000.0  # 22:13:20 UTC
     first = _usage(procs)
     state = memory.fill(first, procs, {}, None, epoch, 300)
@@ -351,9 +331,10 @@ def test_memory_cycle_carries_the_last_figure(users: dict, workloads: list[Workl
 
 @needs_root
 def test_cheap_partition_read_every_run(users: dict, workloads: list[Workload]) -> None:
-    """A partition whose RSS sums to less than 1 GiB is walked every run: nothing carried."""
+    """A partition whose walk is cheap (three processes, 70 MB of RSS summed) is walked every run."""
     load = spawn(workloads, 16, 2)
     procs = _samples(load.pids)
+    assert memory.walk_cost(sum(p.memory_rss for p in procs), len(procs)) <= memory.CHEAP_WALK
     state = memory.fill(_usage(procs), procs, {}, None, 1_700_000_000.0, 300)
     again = _usage(procs)
     memory.fill(again, procs, {}, state, 1_700_000_060.0, 300)
