@@ -132,14 +132,18 @@ def walk_cost(rss: int, count: int) -> int:
 
 def _carry(kept: dict | None, rss: int, count: int, epoch: float, cycle: int) -> bool:
     """Whether the figure ``kept`` from an earlier run may stand for this run's."""
-    if not kept or cycle <= 0 or walk_cost(rss, count) <= CHEAP_WALK:
+    if not isinstance(kept, dict) or cycle <= 0 or walk_cost(rss, count) <= CHEAP_WALK:
         return False
-    # One second of slack: runs started by cron each minute drift by a fraction.
-    if not 0 <= epoch - kept["epoch"] < cycle - 1:
-        return False
-    if kept.get("processes") != count:
-        return False
-    return abs(rss - kept.get("rss", 0)) <= RSS_DRIFT * max(kept.get("rss", 0), 1)
+    try:
+        # One second of slack: runs started by cron each minute drift by a fraction.
+        if not 0 <= epoch - kept["epoch"] < cycle - 1 or kept["processes"] != count:
+            return False
+        moved = abs(rss - kept["rss"]) > RSS_DRIFT * max(kept["rss"], 1)
+        well_formed = isinstance(kept["used"], int) and isinstance(kept["source"], str) and isinstance(
+            kept["time"], str)
+        return not moved and well_formed
+    except (KeyError, TypeError):
+        return False  # a state from another version: read again
 
 
 def fill(
@@ -160,7 +164,9 @@ def fill(
     by_label: dict[str, list[ProcessSample]] = {}
     for proc in processes:
         by_label.setdefault(proc.partition, []).append(proc)
-    kept_all = (previous or {}).get("partitions", {})
+    kept_all = previous.get("partitions") if isinstance(previous, dict) else None
+    if not isinstance(kept_all, dict):
+        kept_all = {}
     state: dict[str, dict] = {}
     unreadable = carried = 0
     started = time.monotonic()

@@ -323,6 +323,12 @@ def test_memory_cycle_carries_the_last_figure(users: dict, workloads: list[Workl
     memory.fill(changed, fewer, {}, state, epoch + 420, 300)
     assert changed[0].memory_source == "pss"
 
+    # A state this version did not write: read again, no error.
+    for odd in ({"partitions": {OWNER: {"epoch": "x"}}}, {"partitions": []}, [], {"partitions": {OWNER: 3}}):
+        fresh = _usage(fewer)
+        memory.fill(fresh, fewer, {}, odd, epoch + 430, 300)
+        assert fresh[0].memory_source == "pss"
+
     # memory-cycle 0: every run.
     always = _usage(fewer)
     memory.fill(always, fewer, {}, state, epoch + 361, 0)
