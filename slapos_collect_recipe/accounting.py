@@ -267,3 +267,44 @@ def _ended_cpu(records: list[Ended], uids: dict[str, int], last_own: dict[tuple[
                 # changed since): only the interval's share of its total.
                 cpu[label] += record.cpu * min(1.0, interval / record.elapsed)
     return cpu
+
+
+def cgroup_overrides(cgroups: dict[str, str], previous: dict | None, reboot: bool,
+                     problems: list[str]) -> tuple[dict[str, Override], dict]:
+    """Each configured cgroup's CPU and IO growth since the previous run, and
+    the counters the next run needs. A cgroup seen for the first time (or
+    under another path) gives no figure yet (``cpu`` None: the processes'
+    mechanism is used for that interval); a counter that went down (cgroup
+    recreated, reboot) counts from zero."""
+    from .cgroup import CgroupError, read_usage
+
+    previous = previous or {}
+    overrides: dict[str, Override] = {}
+    state: dict[str, dict] = {}
+    for label, path in cgroups.items():
+        try:
+            reading = read_usage(path)
+        except CgroupError as exc:
+            problems.append(f"partition {label}: {exc}; its processes are counted instead")
+            continue
+        state[label] = {"path": path, "cpu": reading.cpu_usec, "io": [reading.io_bytes, reading.io_ops]}
+        before = previous.get(label)
+        if not before or before.get("path") != path:
+            overrides[label] = Override(reading.kind, None)
+            continue
+        cpu = reading.cpu_usec - before["cpu"]
+        if cpu < 0 or reboot:
+            if not reboot:
+                log.info("partition %s: cgroup %s CPU counter went down (recreated?): counted from zero",
+                         label, path)
+            cpu = reading.cpu_usec
+        io_bytes = io_ops = None
+        prev_io = before.get("io") or [None, None]
+        if reading.io_bytes is not None and prev_io[0] is not None and not reboot:
+            io_bytes, io_ops = reading.io_bytes - prev_io[0], reading.io_ops - prev_io[1]
+            if io_bytes < 0 or io_ops < 0:
+                io_bytes, io_ops = reading.io_bytes, reading.io_ops
+        elif reading.io_bytes is not None and reboot:
+            io_bytes, io_ops = reading.io_bytes, reading.io_ops
+        overrides[label] = Override(reading.kind, cpu / 1e6, io_bytes, io_ops)
+    return overrides, state
