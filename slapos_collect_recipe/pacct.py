@@ -78,7 +78,7 @@ def parse(data: bytes, where: str) -> tuple[list[Ended], int, str | None]:
             if (fields[1] & 0x0F) != ACCT_VERSION:
                 break
             # ac_uid, ac_pid, ac_btime, ac_etime, ac_utime, ac_stime
-            records.append(Ended(uid=fields[4], pid=fields[6], btime=float(fields[8]),
+            records.append(Ended(uid=fields[4], pid=fields[6], ppid=fields[7], btime=float(fields[8]),
                                  cpu=(comp_t(fields[10]) + comp_t(fields[11])) / AHZ, elapsed=fields[9] / AHZ))
             at += SIZE
     return records, at, problem

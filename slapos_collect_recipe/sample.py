@@ -253,7 +253,7 @@ def sample_disks() -> tuple[list[DiskSample], list[DiskIOSample]]:
 
 
 def _usage(partitions: list[Partition], processes: list[ProcessSample], kin: list[tuple[int, float | None]],
-           previous: dict | None, now: float, boot_time: float, ncpu: int,
+           previous: dict | None, now: float, uptime: float, boot_time: float, ncpu: int,
            settings: CollectSettings | None) -> tuple[list, dict, list[str]]:
     """``partition_usage`` rows with the most exact mechanism each partition has
     (cgroup, process accounting, children's times), the state to keep, and the
@@ -276,7 +276,7 @@ def _usage(partitions: list[Partition], processes: list[ProcessSample], kin: lis
         if records is not None:
             uids = {p.label: p.uid for p in partitions if p.uid is not None}
     usage, state = accounting.compute(partitions, processes, kin, previous or None, now, boot_time, ncpu,
-                                      ended_records=records, uids=uids, overrides=overrides)
+                                      ended_records=records, uids=uids, overrides=overrides, uptime=uptime)
     if cgroup_state:
         state["cgroups"] = cgroup_state
     if acct_state:
@@ -293,6 +293,7 @@ def take(partitions: list[Partition], previous_state: dict | None, previous_cpu:
     (``collect_state`` key ``usage``); ``settings`` name cgroups and process
     accounting."""
     now = time.time()
+    uptime = time.clock_gettime(time.CLOCK_BOOTTIME) if hasattr(time, "CLOCK_BOOTTIME") else 0.0
     stamp = time.gmtime(now)
     boot_time = psutil.boot_time()
     memory = psutil.virtual_memory()
@@ -304,8 +305,8 @@ def take(partitions: list[Partition], previous_state: dict | None, previous_cpu:
     processes, vanished, denied = sample_processes(
         members, now, previous_cpu, prev_epoch, memory.total, 100.0 * ncpu, boot_time, kin
     )
-    usage, usage_state, problems = _usage(partitions, processes, kin, previous_usage, now, boot_time, ncpu,
-                                          settings)
+    usage, usage_state, problems = _usage(partitions, processes, kin, previous_usage, now, uptime, boot_time,
+                                          ncpu, settings)
 
     cpu_times = psutil.cpu_times()._asdict()
     net = psutil.net_io_counters()

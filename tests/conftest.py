@@ -31,3 +31,32 @@ def data_dir(tmp_path: Path) -> Path:
     path = tmp_path / "data-log"
     path.mkdir()
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _process_accounting_restored():
+    """A root ``collect`` switches kernel process accounting on into its data dir
+    (process-accounting = auto): after the session, switch it back to what it
+    was (off, or the node's file), so no test's temporary file keeps growing."""
+    if os.geteuid() != 0:
+        yield
+        return
+    from slapos_collect_recipe import pacct
+    from slapos_collect_recipe.atomic import write_atomic
+
+    def active() -> str | None:
+        known = [p for p in (*pacct.NODE_FILES, pacct.registered()) if p and os.path.exists(p)]
+        return pacct.probe(known)
+
+    before = active()
+    registry = pacct.registered()
+    yield
+    if pacct.registered() != registry or active() != before:
+        try:
+            pacct.acct(before)
+        except OSError:
+            pacct.acct(None)
+        if registry is None:
+            Path(pacct.REGISTRY).unlink(missing_ok=True)
+        else:
+            write_atomic(pacct.REGISTRY, registry + "\n")
