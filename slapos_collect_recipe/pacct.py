@@ -50,10 +50,14 @@ def comp_t(value: int) -> int:
     return (value & 0x1FFF) << (3 * (value >> 13))
 
 
+_VERSIONS = (ACCT_VERSION, ACCT_VERSION | 0x80)  # 0x80: written by a big-endian kernel
+
+
 def _valid(data: bytes | memoryview, at: int) -> bool:
-    """Whether the 64 bytes at ``at`` look like an acct v3 record (version, plausible start)."""
-    return (data[at + 1] & 0x0F) == ACCT_VERSION and (
-        _BTIME_MIN <= int.from_bytes(data[at + 24:at + 28], sys.byteorder) <= _BTIME_MAX)
+    """Whether the 64 bytes at ``at`` look like an acct v3 record: its version,
+    known flag bits only, a NUL-terminated command name, a plausible start."""
+    return (data[at + 1] in _VERSIONS and not data[at] & 0xE0 and data[at + 63] == 0
+            and _BTIME_MIN <= int.from_bytes(data[at + 24:at + 28], sys.byteorder) <= _BTIME_MAX)
 
 
 def parse(data: bytes, where: str) -> tuple[list[Ended], int, str | None]:
@@ -75,7 +79,7 @@ def parse(data: bytes, where: str) -> tuple[list[Ended], int, str | None]:
             end = at + (len(data) - at) // SIZE * SIZE
             continue
         for fields in RECORD.iter_unpack(view[at:end]):
-            if (fields[1] & 0x0F) != ACCT_VERSION:
+            if fields[1] not in _VERSIONS or fields[0] & 0xE0 or fields[18][15]:
                 break
             # ac_uid, ac_pid, ac_btime, ac_etime, ac_utime, ac_stime
             records.append(Ended(uid=fields[4], pid=fields[6], ppid=fields[7], btime=float(fields[8]),
