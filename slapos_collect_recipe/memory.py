@@ -32,6 +32,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from . import cgroup
 from .snapshot import PartitionUsage, ProcessSample
 
 log = logging.getLogger("slapos_collect")
@@ -59,37 +60,34 @@ class Figure:
     unreadable: int = 0  # processes whose RSS stood in for their PSS
 
 
-def _read_stat(path: str, keys: tuple[str, ...]) -> int:
-    """The first of ``keys`` found in a ``memory.stat`` file (0 when none)."""
-    try:
-        with open(path, "rb") as handle:
-            values = dict(line.split(None, 1) for line in handle.read().splitlines() if line)
-    except (OSError, ValueError):
-        return 0
-    for key in keys:
-        raw = values.get(key.encode())
-        if raw is not None:
-            return int(raw)
-    return 0
+def _memory_dir(path: str) -> str | None:
+    """Where the memory files of the cgroup at ``path`` are: that directory, or in the hybrid layout
+    (memory a v1 controller beside the unified hierarchy) the same path in the v1 memory hierarchy."""
+    if os.path.exists(os.path.join(path, "memory.current")) or os.path.exists(
+            os.path.join(path, "memory.usage_in_bytes")):
+        return path
+    parts = os.path.relpath(os.path.realpath(path), cgroup.V1_ROOT).split(os.sep)
+    if parts[0] in ("..", ".") or len(parts) < 2:
+        return None
+    sibling = os.path.join(cgroup.V1_ROOT, "memory", *parts[1:])
+    return sibling if os.path.exists(os.path.join(sibling, "memory.usage_in_bytes")) else None
 
 
 def cgroup_memory(path: str) -> Figure | None:
     """The working set of the cgroup at ``path``, or None when it has no
-    memory controller (or is gone)."""
-    for usage_file, source, inactive in (
-        ("memory.current", "cgroup-v2", ("inactive_file",)),
-        ("memory.usage_in_bytes", "cgroup-v1", ("total_inactive_file", "inactive_file")),
-    ):
-        try:
-            with open(os.path.join(path, usage_file), "rb") as handle:
-                usage = int(handle.read())
-        except FileNotFoundError:
-            continue
-        except (OSError, ValueError):
-            return None
-        cache = _read_stat(os.path.join(path, "memory.stat"), inactive)
-        return Figure(max(usage - cache, 0), source)
-    return None
+    memory controller (or cannot be read: the CPU sampler reports that)."""
+    directory = _memory_dir(path)
+    if directory is None:
+        return None
+    v2 = os.path.exists(os.path.join(directory, "memory.current"))
+    try:
+        usage = int(cgroup.read_cgroup_file(directory, "memory.current" if v2 else "memory.usage_in_bytes"))
+        stat = cgroup.parse_keyed(cgroup.read_cgroup_file(directory, "memory.stat"))
+    except (cgroup.CgroupError, ValueError):
+        return None
+    # v1's total_ counts the descendants too, as usage_in_bytes and v2's files do.
+    inactive = stat.get("inactive_file", 0) if v2 else stat.get("total_inactive_file", stat.get("inactive_file", 0))
+    return Figure(max(usage - inactive, 0), "cgroup-v2" if v2 else "cgroup-v1")
 
 
 def process_pss(pid: int, proc_root: str = "/proc") -> int | None:

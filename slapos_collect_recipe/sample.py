@@ -253,6 +253,38 @@ def sample_disks() -> tuple[list[DiskSample], list[DiskIOSample]]:
     return disks, io_samples
 
 
+def _usage(partitions: list[Partition], processes: list[ProcessSample], kin: list[tuple[int, float | None]],
+           previous: dict | None, now: float, uptime: float, boot_time: float, ncpu: int,
+           settings: CollectSettings | None) -> tuple[list, dict, list[str]]:
+    """``partition_usage`` rows with the most exact mechanism each partition has
+    (cgroup, process accounting, children's times), the state to keep, and the
+    bad input met."""
+    problems: list[str] = []
+    previous = previous or {}
+    reboot = bool(previous) and previous.get("boot_time") != boot_time
+    overrides: dict = {}
+    cgroup_state: dict = {}
+    cgroups = getattr(settings, "cgroups", None) or {}
+    if cgroups:
+        overrides, cgroup_state = accounting.cgroup_overrides(cgroups, previous.get("cgroups"), reboot, problems)
+    records = acct_state = None
+    uids: dict[str, int] = {}
+    if settings is not None and _HAVE_PROC:
+        from . import pacct
+
+        records, acct_state = pacct.read_ended(settings.data_dir, settings.process_accounting,
+                                               previous.get("acct"), problems)
+        if records is not None:
+            uids = {p.label: p.uid for p in partitions if p.uid is not None}
+    usage, state = accounting.compute(partitions, processes, kin, previous or None, now, boot_time, ncpu,
+                                      ended_records=records, uids=uids, overrides=overrides, uptime=uptime)
+    if cgroup_state:
+        state["cgroups"] = cgroup_state
+    if acct_state:
+        state["acct"] = acct_state
+    return usage, state, problems
+
+
 def take(partitions: list[Partition], previous_state: dict | None, previous_cpu: dict[str, float],
          previous_usage: dict | None = None, settings: CollectSettings | None = None,
          previous_memory: dict | None = None) -> RunSnapshot:
@@ -264,6 +296,7 @@ def take(partitions: list[Partition], previous_state: dict | None, previous_cpu:
     ``memory`` (key ``memory``); ``settings`` name cgroups, process accounting
     and the memory cycle."""
     now = time.time()
+    uptime = time.clock_gettime(time.CLOCK_BOOTTIME) if hasattr(time, "CLOCK_BOOTTIME") else 0.0
     stamp = time.gmtime(now)
     boot_time = psutil.boot_time()
     memory = psutil.virtual_memory()
@@ -275,10 +308,10 @@ def take(partitions: list[Partition], previous_state: dict | None, previous_cpu:
     processes, vanished, denied = sample_processes(
         members, now, previous_cpu, prev_epoch, memory.total, 100.0 * ncpu, boot_time, kin
     )
-    usage, usage_state = accounting.compute(partitions, processes, kin, previous_usage, now, boot_time, ncpu)
-    memory_state = partition_memory.fill(usage, processes, getattr(settings, "cgroups", None) or {},
-                                         previous_memory, now, settings.memory_cycle if settings else
-                                         DEFAULT_MEMORY_CYCLE)
+    usage, usage_state, problems = _usage(partitions, processes, kin, previous_usage, now, uptime, boot_time,
+                                          ncpu, settings)
+    memory_state = partition_memory.fill(usage, processes, settings.cgroups if settings else {}, previous_memory,
+                                         now, settings.memory_cycle if settings else DEFAULT_MEMORY_CYCLE)
 
     cpu_times = psutil.cpu_times()._asdict()
     net = psutil.net_io_counters()
@@ -315,6 +348,7 @@ def take(partitions: list[Partition], previous_state: dict | None, previous_cpu:
         usage=usage,
         cpu_state={"boot_time": boot_time, "cpu_times": cpu_times},
         state={accounting.STATE_KEY: usage_state, partition_memory.STATE_KEY: memory_state},
+        problems=problems,
         vanished=vanished,
         denied=denied,
     )

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,3 +33,40 @@ def data_dir(tmp_path: Path) -> Path:
     path = tmp_path / "data-log"
     path.mkdir()
     return path
+
+
+@contextlib.contextmanager
+def accounting_restored() -> Iterator[None]:
+    """Kernel process accounting switched back, even on failure, to what it was
+    before (off, or the node's file), and the registry of the collector's file
+    with it. A root ``collect`` switches accounting on into its data dir
+    (process-accounting = auto), which a test's temporary dir must not keep."""
+    from slapos_collect_recipe import pacct
+    from slapos_collect_recipe.atomic import write_atomic
+
+    def active() -> str | None:
+        return pacct.probe([p for p in (*pacct.NODE_FILES, pacct.registered()) if p and os.path.exists(p)])
+
+    before = active()
+    registry = pacct.registered()
+    try:
+        yield
+    finally:
+        if pacct.registered() != registry or active() != before:
+            try:
+                pacct.acct(before)
+            except OSError:
+                pacct.acct(None)
+            if registry is None:
+                Path(pacct.REGISTRY).unlink(missing_ok=True)
+            else:
+                write_atomic(pacct.REGISTRY, registry + "\n")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _process_accounting_restored() -> Iterator[None]:
+    if os.geteuid() != 0:
+        yield
+        return
+    with accounting_restored():
+        yield

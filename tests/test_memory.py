@@ -125,10 +125,11 @@ def workloads() -> Iterator[list[Workload]]:
             load.stop()
 
 
-def spawn(workloads: list[Workload], mb: int, workers: int, cgroup: Path | None = None) -> Workload:
+def spawn(workloads: list[Workload], mb: int, workers: int, *cgroups: Path) -> Workload:
+    """A workload, moved into ``cgroups`` before it touches its memory and forks."""
     load = Workload(mb, workers)
     workloads.append(load)
-    if cgroup is not None:
+    for cgroup in cgroups:
         (cgroup / "cgroup.procs").write_text(str(load.proc.pid))
     return load.start()
 
@@ -191,34 +192,51 @@ def test_unreadable_smaps_rollup_falls_back_to_rss(users: dict, workloads: list[
     assert "4 processes' smaps_rollup unreadable" in log
 
 
+def _remove_cgroup(path: Path) -> None:
+    deadline = time.monotonic() + 10
+    while True:
+        # The test's workloads are the only processes in it: end them by their pids.
+        for pid in (path / "cgroup.procs").read_text().split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            path.rmdir()
+            return
+        except OSError as exc:  # EBUSY until the last process is reaped
+            if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 @pytest.fixture
-def cgroup_dir(request) -> Iterator[Path]:
-    """A new cgroup under the hierarchy given as the parameter; removed at the end, even on failure."""
-    root: Path = request.param
+def new_cgroup() -> Iterator:
+    """``new_cgroup(hierarchy)``: a new cgroup there (skips when not writable); all removed at the
+    end, even on failure."""
     if os.geteuid() != 0:
         pytest.skip("needs root to create cgroups")
-    if not os.access(root, os.W_OK):
-        pytest.skip(f"{root} is not writable here")
-    path = root / f"sc-mem-test-{os.getpid()}"
-    path.mkdir()
+    made: list[Path] = []
+
+    def make(root: Path) -> Path:
+        if not os.access(root, os.W_OK):
+            pytest.skip(f"{root} is not writable here")
+        path = root / f"sc-mem-test-{os.getpid()}"
+        path.mkdir()
+        made.append(path)
+        return path
+
     try:
-        yield path
+        yield make
     finally:
-        deadline = time.monotonic() + 10
-        while True:
-            # The test's workloads are the only processes in it: end them by their pids.
-            for pid in (path / "cgroup.procs").read_text().split():
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            try:
-                path.rmdir()
-                break
-            except OSError as exc:  # EBUSY until the last process is reaped
-                if exc.errno != errno.EBUSY or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        for path in reversed(made):
+            _remove_cgroup(path)
+
+
+@pytest.fixture
+def cgroup_dir(request, new_cgroup) -> Path:
+    """A new cgroup under the hierarchy given as the parameter."""
+    return new_cgroup(request.param)
 
 
 def _enable_v2_memory() -> bool:
@@ -276,6 +294,21 @@ def test_cgroup_v1_memory(users: dict, workloads: list[Workload], cgroup_dir: Pa
     assert figure["source"] == "cgroup-v1"
     assert load.mb * MB * 0.95 <= figure["used"] <= load.mb * MB + SLACK
     assert figure["used"] < figure["rss"] / 6
+
+
+@needs_root
+@pytest.mark.skipif(not (V1_MEMORY / "memory.usage_in_bytes").exists(), reason="no cgroup v1 memory hierarchy")
+def test_hybrid_layout_reads_the_v1_memory_cgroup(users: dict, workloads: list[Workload], new_cgroup) -> None:
+    """The hybrid layout: the partition's cgroup is given in the unified hierarchy (for CPU and IO),
+    memory is a v1 controller: the same path in the v1 memory hierarchy is read."""
+    unified = new_cgroup(UNIFIED)
+    if (unified / "memory.current").exists():
+        pytest.skip("the memory controller is in the unified hierarchy here: not the hybrid layout")
+    v1 = new_cgroup(V1_MEMORY)
+    load = spawn(workloads, 128, 8, unified, v1)
+    figure, _ = measure(OWNER, cgroup=unified)
+    assert figure["source"] == "cgroup-v1"
+    assert load.mb * MB * 0.95 <= figure["used"] <= load.mb * MB + SLACK
 
 
 def _samples(pids: list[int], label: str = OWNER) -> list[ProcessSample]:
@@ -440,3 +473,21 @@ def test_memory_cycle_setting(tmp_path: Path, data_dir: Path) -> None:
     cfg.write_text("[slapos-collect]\nmemory-cycle = often\n")
     proc = run_cli("collect", "-c", str(cfg), "--data-dir", str(data_dir))
     assert proc.returncode != 0 and "memory-cycle" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@needs_root
+@pytest.mark.skipif(not (V1_MEMORY / "memory.usage_in_bytes").exists(), reason="no cgroup v1 memory hierarchy")
+def test_collect_with_cgroup_stores_its_memory(users: dict, workloads: list[Workload], new_cgroup,
+                                               data_dir: Path) -> None:
+    """``collect --cgroup`` (as root): the partition's memory is its cgroup's, never carried."""
+    unified = new_cgroup(UNIFIED)
+    memory_dirs = [unified] if (unified / "memory.current").exists() else [unified, new_cgroup(V1_MEMORY)]
+    load = spawn(workloads, 160, 8, *memory_dirs)
+    for _ in range(2):
+        run_cli("collect", "--data-dir", str(data_dir), "--user", OWNER, "--cgroup", f"{OWNER}={unified}",
+                check=True)
+    rows = _usage_rows(data_dir / "collector.db")
+    assert [r["memory_source"] for r in rows] == ["cgroup-v2" if len(memory_dirs) == 1 else "cgroup-v1"] * 2
+    for row in rows:
+        assert load.mb * MB * 0.95 <= row["memory_used"] <= load.mb * MB + SLACK
+        assert row["memory_rss"] >= 8 * load.mb * MB
