@@ -100,8 +100,9 @@ def process_pss(pid: int, proc_root: str = "/proc") -> int | None:
         finally:
             os.close(fd)
     except (FileNotFoundError, ProcessLookupError):
-        # Gone, or a kernel without smaps_rollup (older than 4.14).
-        return None if os.path.exists(f"{proc_root}/{pid}") else 0
+        # Gone; or no smaps_rollup while it lives (a kernel before 4.14), or no /proc at all.
+        gone = os.path.isdir(proc_root) and not os.path.exists(f"{proc_root}/{pid}")
+        return 0 if gone else None
     except PermissionError:
         return None
     start = data.find(b"\nPss:")

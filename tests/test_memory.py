@@ -400,6 +400,10 @@ def test_fixture_proc_tree(tmp_path: Path) -> None:
     memory.fill(usage, samples, {}, None, time.time(), 300, proc_root=str(tmp_path))
     assert (usage[0].memory_used, usage[0].memory_source) == (109 * 1024 + 4096 * 11, "pss-partial")
     assert (usage[1].memory_used, usage[1].memory_source) == (0, "pss")
+    # No /proc at all (not Linux): every RSS stands in, never a false 0.
+    usage = _usage(samples)
+    memory.fill(usage, samples, {}, None, time.time(), 300, proc_root=str(tmp_path / "none"))
+    assert (usage[0].memory_used, usage[0].memory_source) == (4096 * (10 + 11 + 12 + 13), "pss-partial")
 
 
 def test_cgroup_files_on_a_fixture_tree(tmp_path: Path) -> None:
