@@ -239,29 +239,36 @@ def cgroup_dir(request, new_cgroup) -> Path:
     return new_cgroup(request.param)
 
 
-def _enable_v2_memory() -> bool:
-    """Whether the unified hierarchy's root hands the memory controller to its children (enabling it
-    when it can); False where memory is bound to the v1 hierarchy (hybrid layout)."""
+@pytest.fixture
+def v2_memory() -> Iterator[None]:
+    """The unified hierarchy's root hands the memory controller to its children (enabled here when it
+    can, and disabled again at the end); skips where memory is bound to v1 (the hybrid layout)."""
+    if os.geteuid() != 0 or not (UNIFIED / "cgroup.subtree_control").exists():
+        pytest.skip("needs root and a unified cgroup hierarchy")
     control = UNIFIED / "cgroup.subtree_control"
     if "memory" in control.read_text().split():
-        return True
+        yield
+        return
     if "memory" not in (UNIFIED / "cgroup.controllers").read_text().split():
-        return False
+        pytest.skip("the memory controller is not available in the unified hierarchy here (bound to v1)")
     try:
         control.write_text("+memory")
-    except OSError:
-        return False
-    return True
+    except OSError as exc:
+        pytest.skip(f"cannot enable the memory controller in {control}: {exc.strerror}")
+    try:
+        yield
+    finally:
+        try:
+            control.write_text("-memory")
+        except OSError:
+            pass  # other cgroups use it by now: left enabled
 
 
 @needs_root
-@pytest.mark.parametrize("cgroup_dir", [UNIFIED], indirect=True)
-def test_cgroup_v2_memory(users: dict, workloads: list[Workload], cgroup_dir: Path) -> None:
+def test_cgroup_v2_memory(users: dict, workloads: list[Workload], v2_memory: None, new_cgroup) -> None:
     """A partition in a real cgroup v2 with the memory controller: its working set."""
-    if not (cgroup_dir / "memory.current").exists() and not _enable_v2_memory():
-        pytest.skip("the memory controller is not available in the unified hierarchy here (bound to v1)")
-    if not (cgroup_dir / "memory.current").exists():
-        pytest.skip("memory.current did not appear after enabling the controller")
+    cgroup_dir = new_cgroup(UNIFIED)
+    assert (cgroup_dir / "memory.current").exists()
     load = spawn(workloads, 128, 8, cgroup_dir)
     figure, _ = measure(OWNER, cgroup=cgroup_dir)
     assert figure["source"] == "cgroup-v2"
