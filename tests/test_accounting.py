@@ -22,7 +22,8 @@ from accounting_workloads import (
 from conftest import accounting_restored, run_cli
 from other_user import other_user_runtime, shared_dir
 
-USER = "sc-acct0"
+# A user of this session's own (sessions of other branches may run beside it on one machine).
+USER = f"sc-acct{os.getpid()}"
 UNIFIED = "/sys/fs/cgroup/unified"
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates a user, runs processes as it")
 
@@ -339,6 +340,7 @@ def test_own_accounting_file_rotated_and_removed_after_commit(tmp_path: Path, mo
     from slapos_collect_recipe import pacct
 
     monkeypatch.setattr(pacct, "NODE_FILES", ())
+    monkeypatch.setattr(pacct, "REGISTRY", str(tmp_path / "registry"))
     with accounting_restored():
         problems: list[str] = []
         records, state = pacct.read_ended(tmp_path, "yes", None, problems)
@@ -372,6 +374,7 @@ def test_node_accounting_file_is_only_read_and_followed_through_rotation(tmp_pat
     node.parent.mkdir()
     node.write_bytes(b"")
     monkeypatch.setattr(pacct, "NODE_FILES", (str(node),))
+    monkeypatch.setattr(pacct, "REGISTRY", str(tmp_path / "registry"))
     with accounting_restored():
         pacct.acct(str(node))
         problems: list[str] = []
