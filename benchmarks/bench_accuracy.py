@@ -1,7 +1,7 @@
 """Accuracy of per-partition CPU, side by side in one run: the share of the true CPU each tool
 reports for the partition's user, on workloads whose processes report their own CPU time.
 
-Tools, all sampling at the same ticks (every 2 s) while the workload runs as `slapuser0`:
+Tools, all sampling at the same ticks (every 2 s) while the workload runs as a user of its own:
 - ours, one data dir per mechanism: children's times, kernel process accounting, a cgroup v2;
 - the original `slapos node collect` (slapos.core 1.25.0, its venv from original.py): its `user`
   rows, as its consumers read them (cpu_percent x the interval between runs);
@@ -22,7 +22,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import textwrap
 import threading
 import time
 import urllib.request
@@ -33,9 +32,12 @@ import results
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent / "tests"))
-from accounting_workloads import Collector, ensure_user, run_workload  # noqa: E402
+from accounting_workloads import Collector, ensure_user, remove_user, run_workload  # noqa: E402
 
-USER = "slapuser0"
+# A partition user of this run's own (the original samples <user_base_name>0..N-1): nothing else
+# on the machine runs as it.
+USER_BASE = f"scbench{os.getpid()}u"
+USER = f"{USER_BASE}0"
 WORKLOADS = [
     ("build", "build-like: a live parent starting 40 jobs of 0.12 s, one in three with a job of its own"),
     ("across", "one child across several runs, then reaped by its live parent"),
@@ -46,17 +48,6 @@ APPS_PLUGIN = "/usr/lib/netdata/plugins.d/apps.plugin"
 EXPORTER = shutil.which("prometheus-process-exporter") or "/usr/bin/prometheus-process-exporter"
 UNIFIED = "/sys/fs/cgroup/unified"
 
-ORIGINAL = textwrap.dedent("""
-    import configparser, logging, sys
-    from slapos.collect import do_collect
-    conf = configparser.ConfigParser()
-    conf.read_dict({"slapos": {"instance_root": sys.argv[1], "computer_id": "COMP-BENCH"},
-                    "slapformat": {"partition_amount": "1", "user_base_name": "slapuser",
-                                   "partition_base_name": "slappart"},
-                    "collect": {"report_disk_usage": "False"}})
-    logging.basicConfig(level=logging.ERROR)
-    do_collect(logging.getLogger("collect"), conf)
-""")
 
 
 def process_cpu(pid: int) -> float:
@@ -196,7 +187,15 @@ def main() -> int:
 
 
 def _main() -> int:
-    ensure_user(USER)
+    created = ensure_user(USER)
+    try:
+        return _measure()
+    finally:
+        if created:
+            remove_user(USER)
+
+
+def _measure() -> int:
     original_python = original.python()
     bin_dir = original.ours_venv()
     python = shutil.which("python3", path="/usr/bin") or sys.executable
@@ -230,7 +229,7 @@ def _main() -> int:
             root = scratch / f"{kind}-original"
             (root / "var" / "run").mkdir(parents=True)
             tools.append(OriginalRuns("original slapos node collect",
-                                      [str(original_python), "-c", ORIGINAL, str(root)], root, env=env))
+                                      [str(original_python), "-c", original.COLLECT, str(root), "1", USER_BASE], root, env=env))
             for extra_tool in (exporter, apps):
                 if extra_tool is not None:
                     extra_tool.reset()
