@@ -235,7 +235,8 @@ def test_histories_give_sane_figures(caplog: pytest.LogCaptureFixture) -> None:
     assert "rebooted" in caplog.text
 
 
-def test_partitions_appearing_and_disappearing() -> None:
+def test_partitions_appearing_and_disappearing(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="slapos_collect")
     now = 10_000.0
     _, state = _compute([_sample(1, 100.0, 9.0, label="a"), _sample(2, 100.0, 9.0, label="b")],
                         [(0, 0.0), (0, 0.0)], None, now - 60, labels=("a", "b"))
@@ -244,6 +245,7 @@ def test_partitions_appearing_and_disappearing() -> None:
                         [(0, 0.0), (0, 0.0)], state, now, labels=("a", "c"))
     assert set(usage) == {"a", "c"}
     assert usage["a"].cpu_time == 1.0 and usage["c"].cpu_time == 0.0 and usage["c"].processes == 1
+    assert "partition c is new" in caplog.text and "partition b is no longer collected" in caplog.text
 
 
 def test_child_seen_then_reaped_counts_once() -> None:
