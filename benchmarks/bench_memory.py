@@ -35,7 +35,7 @@ from pathlib import Path
 
 import original
 import results
-from bench_collect import FLOOR, ORIGINAL, measure, median_of
+from bench_collect import FLOOR, measure, median_of
 
 from slapos_collect_recipe import memory, sample
 from slapos_collect_recipe.config import Partition
@@ -113,7 +113,7 @@ def original_memory(python: Path, root: Path, user: str) -> int:
     """The original's RSS sum for ``user`` at its one run (what its consumption report averages)."""
     (root / "var" / "run").mkdir(parents=True)
     env = dict(os.environ, PATH=os.environ.get("PATH", "") + ":/usr/bin:/usr/sbin")
-    measure([str(python), "-c", ORIGINAL, str(root), "1", "scmem"], env=env)
+    measure([str(python), "-c", original.COLLECT, str(root), "1", "scmem"], env=env)
     con = sqlite3.connect(root / "var" / "data-log" / "collector.db")
     try:
         return con.execute("SELECT sum(memory_rss) FROM user WHERE partition = ?", (user,)).fetchone()[0]
@@ -165,8 +165,11 @@ def main() -> int:
     except KeyError:
         subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", USER], check=True)
         created = True
+    from slapos_collect_recipe import pacct
+
     try:
-        return run()
+        with pacct.restored():  # ours, as root, switches kernel accounting on
+            return run()
     finally:
         if created:
             subprocess.run(["userdel", USER], check=False)

@@ -105,6 +105,13 @@ def compute(
             log.info("the machine rebooted since the previous run: processes of the previous boot counted as ended")
         prev_procs = previous.get("procs") or {}
     reboot = bool(previous) and previous.get("boot_time") != boot_time
+    if previous and "partitions" in previous:
+        known = set(previous["partitions"])
+        for label in labels:
+            if label not in known:
+                log.info("partition %s is new: its processes count from this run", label)
+        for label in sorted(known - set(labels)):
+            log.info("partition %s is no longer collected", label)
     interval = now - prev_epoch if prev_epoch else 0.0
     if interval < 0:
         log.warning("the clock went back %.0f s since the previous run: this run counts no CPU", -interval)
@@ -219,7 +226,7 @@ def compute(
             processes=count[label], ended=ended[label], memory_rss=rss[label],
             io_rw_counter=rw, io_cycles_counter=ops, source=source,
         ))
-    state = {"epoch": now, "boot_time": boot_time, "uptime": uptime, "procs": current}
+    state = {"epoch": now, "boot_time": boot_time, "uptime": uptime, "partitions": labels, "procs": current}
     return usage, state
 
 

@@ -18,11 +18,13 @@ Linux writes ``struct acct_v3`` (64 bytes, ``man 5 acct``): times as
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import struct
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from .accounting import Ended
@@ -311,3 +313,29 @@ def _switch_off_own(data_dir: Path) -> None:
             os.unlink(path)
         except OSError:
             pass
+
+
+@contextlib.contextmanager
+def restored() -> Iterator[None]:
+    """Accounting switched back on leaving, even on failure, to the file it went
+    to before (one of ``NODE_FILES`` or the registered one), or off; the
+    registry likewise. For tests and benchmarks that run collectors as root."""
+    from .atomic import write_atomic
+
+    def active() -> str | None:
+        return probe([p for p in (*NODE_FILES, registered()) if p and os.path.exists(p)])
+
+    before = active()
+    registry = registered()
+    try:
+        yield
+    finally:
+        if registered() != registry or active() != before:
+            try:
+                acct(before)
+            except OSError:
+                acct(None)
+            if registry is None:
+                Path(REGISTRY).unlink(missing_ok=True)
+            else:
+                write_atomic(REGISTRY, registry + "\n")

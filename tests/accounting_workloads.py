@@ -216,6 +216,9 @@ def run_workload(kind: str, user: str, python: str, scratch: Path, collectors: l
                 collector.run()
         for collector in collectors:
             collector.run()
+        for collector in collectors:
+            if hasattr(collector, "finish"):
+                collector.finish()  # one that runs at its own pace: its last run after the workload
         proc.stdin.write("exit\n")
         proc.stdin.flush()
         proc.wait(timeout=30)

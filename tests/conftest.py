@@ -35,32 +35,13 @@ def data_dir(tmp_path: Path) -> Path:
     return path
 
 
-@contextlib.contextmanager
-def accounting_restored() -> Iterator[None]:
+def accounting_restored() -> contextlib.AbstractContextManager[None]:
     """Kernel process accounting switched back, even on failure, to what it was
-    before (off, or the node's file), and the registry of the collector's file
-    with it. A root ``collect`` switches accounting on into its data dir
+    before. A root ``collect`` switches accounting on into its data dir
     (process-accounting = auto), which a test's temporary dir must not keep."""
     from slapos_collect_recipe import pacct
-    from slapos_collect_recipe.atomic import write_atomic
 
-    def active() -> str | None:
-        return pacct.probe([p for p in (*pacct.NODE_FILES, pacct.registered()) if p and os.path.exists(p)])
-
-    before = active()
-    registry = pacct.registered()
-    try:
-        yield
-    finally:
-        if pacct.registered() != registry or active() != before:
-            try:
-                pacct.acct(before)
-            except OSError:
-                pacct.acct(None)
-            if registry is None:
-                Path(pacct.REGISTRY).unlink(missing_ok=True)
-            else:
-                write_atomic(pacct.REGISTRY, registry + "\n")
+    return pacct.restored()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -22,7 +22,8 @@ from accounting_workloads import (
 from conftest import accounting_restored, run_cli
 from other_user import other_user_runtime, shared_dir
 
-USER = "sc-acct0"
+# A user of this session's own (sessions of other branches may run beside it on one machine).
+USER = f"sc-acct{os.getpid()}"
 UNIFIED = "/sys/fs/cgroup/unified"
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates a user, runs processes as it")
 
@@ -234,7 +235,8 @@ def test_histories_give_sane_figures(caplog: pytest.LogCaptureFixture) -> None:
     assert "rebooted" in caplog.text
 
 
-def test_partitions_appearing_and_disappearing() -> None:
+def test_partitions_appearing_and_disappearing(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="slapos_collect")
     now = 10_000.0
     _, state = _compute([_sample(1, 100.0, 9.0, label="a"), _sample(2, 100.0, 9.0, label="b")],
                         [(0, 0.0), (0, 0.0)], None, now - 60, labels=("a", "b"))
@@ -243,6 +245,7 @@ def test_partitions_appearing_and_disappearing() -> None:
                         [(0, 0.0), (0, 0.0)], state, now, labels=("a", "c"))
     assert set(usage) == {"a", "c"}
     assert usage["a"].cpu_time == 1.0 and usage["c"].cpu_time == 0.0 and usage["c"].processes == 1
+    assert "partition c is new" in caplog.text and "partition b is no longer collected" in caplog.text
 
 
 def test_child_seen_then_reaped_counts_once() -> None:
@@ -339,6 +342,7 @@ def test_own_accounting_file_rotated_and_removed_after_commit(tmp_path: Path, mo
     from slapos_collect_recipe import pacct
 
     monkeypatch.setattr(pacct, "NODE_FILES", ())
+    monkeypatch.setattr(pacct, "REGISTRY", str(tmp_path / "registry"))
     with accounting_restored():
         problems: list[str] = []
         records, state = pacct.read_ended(tmp_path, "yes", None, problems)
@@ -372,6 +376,7 @@ def test_node_accounting_file_is_only_read_and_followed_through_rotation(tmp_pat
     node.parent.mkdir()
     node.write_bytes(b"")
     monkeypatch.setattr(pacct, "NODE_FILES", (str(node),))
+    monkeypatch.setattr(pacct, "REGISTRY", str(tmp_path / "registry"))
     with accounting_restored():
         pacct.acct(str(node))
         problems: list[str] = []
