@@ -229,10 +229,13 @@ def run() -> int:
 
     small = by_name["1,000 small processes"]
     big = by_name["prefork, 900 MB touched"]
+    # The default memory-cycle (300 s) with a run a minute: one run in five reads, four carry.
+    average = (small[0][1] + 4 * small[1][1]) / 5 / small[2][1]
     verdict = [
-        f"- CPU time vs the psutil floor at 1,000 small processes, PSS read every run: "
-        f"{small[0][1] / small[2][1]:.2f}x (target at most 1.3x): "
-        f"{'met' if small[0][1] / small[2][1] <= 1.3 else 'NOT met'}",
+        f"- CPU time vs the psutil floor at 1,000 small processes with the default memory-cycle (300 s: one "
+        f"run in five reads; computed from the two measured modes): {average:.2f}x on average "
+        f"(target at most 1.3x): {'met' if average <= 1.3 else 'NOT met'}; the run that reads: "
+        f"{small[0][1] / small[2][1]:.2f}x, one that carries: {small[1][1] / small[2][1]:.2f}x",
         f"- At 8 GB of RSS the PSS walk costs {big[3] * 1000:.0f} ms a run; carried (memory-cycle 3600) the run "
         f"costs {big[1][1]:.3f} s against {big[0][1]:.3f} s when read every run",
     ]
