@@ -168,6 +168,7 @@ def fill(
         kept_all = {}
     state: dict[str, dict] = {}
     unreadable = carried = 0
+    partial: list[str] = []
     started = time.monotonic()
     for entry in usage:
         members = by_label.get(entry.partition, [])
@@ -184,7 +185,9 @@ def fill(
             carried += 1
             continue
         figure = pss_sum(members, proc_root)
-        unreadable += figure.unreadable
+        if figure.unreadable:
+            unreadable += figure.unreadable
+            partial.append(entry.partition)
         entry.memory_used, entry.memory_source = figure.used, figure.source
         state[entry.partition] = {
             "used": figure.used, "source": figure.source, "epoch": epoch,
@@ -192,7 +195,8 @@ def fill(
         }
     if unreadable:
         log.info("%d processes' smaps_rollup unreadable (another user's, not root? kernel before 4.14?): "
-                 "their RSS stands in for their PSS (memory_source pss-partial)", unreadable)
+                 "their RSS stands in for their PSS (memory_source pss-partial: %s)", unreadable,
+                 ", ".join(partial[:5]) + (f" and {len(partial) - 5} more" if len(partial) > 5 else ""))
     log.debug("partition memory in %.3f s (%d partitions carried from an earlier run)",
               time.monotonic() - started, carried)
     return {"partitions": state}

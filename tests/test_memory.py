@@ -189,7 +189,7 @@ def test_unreadable_smaps_rollup_falls_back_to_rss(users: dict, workloads: list[
     assert figure["processes"] == 4
     assert figure["source"] == "pss-partial"
     assert figure["used"] == figure["rss"]
-    assert "4 processes' smaps_rollup unreadable" in log
+    assert "4 processes' smaps_rollup unreadable" in log and f"pss-partial: {OWNER})" in log
 
 
 def _remove_cgroup(path: Path) -> None:
