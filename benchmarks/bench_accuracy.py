@@ -333,6 +333,10 @@ def _measure() -> int:
         "records' CPU is the kernel's tick samples, which stray on a busy machine (see README, "
         "\"Partition accounting\").",
     ]
+    notes.append("- apps.plugin runs standalone as `apps.plugin 1 without-files` with its stdin held open (it "
+                 "stops when netdata's end of the pipe closes); its `users.cpu` lines (`BEGIN users.cpu <usec>`, "
+                 "`SET <user> = <percent x 10,000>`) are integrated over the window. process-exporter 0.7 with "
+                 "`name: \"{{.Username}}\"`, scraped at each tick.")
     if apps_problem:
         notes.append(f"- apps.plugin not measured: {apps_problem}.")
     if exporter is None:

@@ -300,6 +300,8 @@ def test_accounting_file_truncated_or_not_one(tmp_path: Path) -> None:
     path.write_bytes(b"")
     with accounting_restored():
         pacct.acct(str(path))
+        # Registered, so that a root collector of another session only reads it meanwhile.
+        pacct.write_registry(str(path))
         pids = []
         for _ in range(5):
             pid = os.fork()
