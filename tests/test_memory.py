@@ -448,7 +448,8 @@ def test_collect_stores_memory_used(users: dict, workloads: list[Workload], as_u
     work = shared_dir("collect-memory-")
     try:
         argv = runtime.command("collect", "--data-dir", str(work / "data"), "--user", OWNER,
-                               "--log-file", str(work / "log"), "--memory-cycle", "600")
+                               "--log-file", str(work / "log"), "--memory-cycle", "600",
+                               "--process-accounting", "no")  # the machine's accounting left alone
         for _ in range(2):
             proc = subprocess.run(argv, user=as_user, capture_output=True, text=True, timeout=60,
                                   env=runtime.env(), cwd=work)
@@ -496,7 +497,7 @@ def test_collect_with_cgroup_stores_its_memory(users: dict, workloads: list[Work
     load = spawn(workloads, 160, 8, *memory_dirs)
     for _ in range(2):
         run_cli("collect", "--data-dir", str(data_dir), "--user", OWNER, "--cgroup", f"{OWNER}={unified}",
-                check=True)
+                "--process-accounting", "no", check=True)
     rows = _usage_rows(data_dir / "collector.db")
     assert [r["memory_source"] for r in rows] == ["cgroup-v2" if len(memory_dirs) == 1 else "cgroup-v1"] * 2
     for row in rows:
