@@ -5,6 +5,7 @@ tests/test_buildout.py runs them through the real buildout.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import socket
@@ -49,6 +50,7 @@ def part(tmp_path: Path) -> Path:
     ({"frequency": "0"}, "frequency must be between 1 and 59"),
     ({"frequency": "often"}, "frequency must be a whole number"),
     ({"keep-days": "-1"}, "keep-days must be between"),
+    ({"memory-cycle": "90000"}, "memory-cycle must be between"),
     ({"port": "http"}, "port must be a whole number"),
     ({"port": "70000"}, "port must be between 1 and 65535"),
     ({"bench": "maybe"}, "bench must be yes or no"),
@@ -61,6 +63,10 @@ def part(tmp_path: Path) -> Path:
     ({"partitions": "justalabel"}, "must be LABEL=/absolute/path"),
     ({"collect": "node", "slapos-cfg": "slapos.cfg"}, "slapos-cfg must be an absolute path"),
     ({"partition-reference": "a b"}, "partition-reference"),
+    ({"cgroups": "slappart0 = relative/dir"}, "must be LABEL = /absolute/path"),
+    ({"cgroup": "sys/fs/cgroup"}, "cgroup must be an absolute path"),
+    ({"cgroup": "/sys/fs/cgroup/x", "collect": "node"}, "cgroup names the cgroup of this partition alone"),
+    ({"process-accounting": "sometimes"}, "process-accounting must be auto, yes or no"),
 ])
 def test_bad_options_are_refused_in_init(part: Path, extra: dict, message: str) -> None:
     with pytest.raises(zc.buildout.UserError, match=message):
@@ -69,7 +75,7 @@ def test_bad_options_are_refused_in_init(part: Path, extra: dict, message: str) 
 
 
 def test_install_writes_every_file(part: Path) -> None:
-    rec, options = make(part, frequency="5", **{"keep-days": "9"})
+    rec, options = make(part, frequency="5", **{"keep-days": "9", "memory-cycle": "120"})
     created = rec.install()
     etc = part / "etc"
     expected = {
@@ -113,6 +119,7 @@ def test_install_writes_every_file(part: Path) -> None:
     cp.read(etc / "slapos-collect.cfg")
     assert cp["slapos-collect"]["data-dir"] == str(data_dir)
     assert cp["slapos-collect"]["keep-days"] == "9"
+    assert cp["slapos-collect"]["memory-cycle"] == "120"
     assert cp["slapos-collect"]["computer-id"] == "COMP-1"
     assert cp["monitor"]["host"] == "::1 127.0.0.1"
     assert cp["monitor"]["port"] == str(port)
@@ -227,6 +234,33 @@ def test_collect_defaults_by_user_or_by_directory(tmp_path: Path) -> None:
     assert cp["slapos-collect"]["partitions"].strip() == ""
 
 
+def test_cgroups_and_accounting_reach_the_config(tmp_path: Path) -> None:
+    """The recipe only writes them: whether a path is a cgroup is checked by each run."""
+    import configparser
+
+    from slapos_collect_recipe import config
+
+    root = tmp_path / "slappart0"
+    root.mkdir()
+    rec, _ = make(root, **{"collect-by": "directory", "cgroup": "/sys/fs/cgroup/unified/slappart0",
+                           "process-accounting": "no"})
+    rec.install()
+    cp = configparser.ConfigParser(interpolation=None)
+    cp.read(root / "etc" / "slapos-collect.cfg")
+    assert cp["slapos-collect"]["cgroups"].strip() == "slappart0 = /sys/fs/cgroup/unified/slappart0"
+    assert cp["slapos-collect"]["process-accounting"] == "no"
+    args = argparse.Namespace(config=str(root / "etc" / "slapos-collect.cfg"), data_dir=str(tmp_path / "d"))
+    settings = config.collect_settings(args)
+    assert settings.cgroups == {"slappart0": "/sys/fs/cgroup/unified/slappart0"}
+    assert settings.process_accounting == "no"
+    rec, _ = make(root, collect="node", cgroups="slapuser0 = /sys/fs/cgroup/a\nslapuser1 = /sys/fs/cgroup/b")
+    rec.install()
+    cp.read(root / "etc" / "slapos-collect.cfg")
+    assert cp["slapos-collect"]["cgroups"].split("\n")[1:] == ["slapuser0 = /sys/fs/cgroup/a",
+                                                               "slapuser1 = /sys/fs/cgroup/b"]
+    assert cp["slapos-collect"]["process-accounting"] == "auto"
+
+
 def test_ipv4_only_base_url(part: Path) -> None:
     _, options = make(part, ipv6="", port="9999")
     assert options["monitor-base-url"] == "https://127.0.0.1:9999/"
@@ -235,7 +269,7 @@ def test_ipv4_only_base_url(part: Path) -> None:
 def test_validate_fills_defaults_and_refuses_bad_values() -> None:
     assert validate(SCHEMA, {}) == {
         "collect": "partition", "slapos-cfg": "/etc/opt/slapos/slapos.cfg", "keep-days": 3,
-        "collect-frequency": 1, "benchmarks": False,
+        "collect-frequency": 1, "benchmarks": False, "process-accounting": "auto", "memory-cycle": 300,
     }
     # A non-serialised request gives strings.
     got = validate(SCHEMA, {"keep-days": "7", "benchmarks": "true", "monitor-port": "9100"})
