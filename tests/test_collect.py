@@ -405,11 +405,10 @@ def test_disk_full_keeps_previous_data(tmp_path: Path, parts: dict[str, Path]) -
         args = ["collect", "--data-dir", str(data), "--partition", f"a={parts['part-a']}"]
         run_cli(*args, check=True)
         # Fill the filesystem to the last byte.
-        with open(small / "filler", "wb") as filler:
+        with open(small / "filler", "wb", buffering=0) as filler:  # unbuffered: close() has nothing left to flush
             try:
                 while True:
                     filler.write(b"\0" * 65536)
-                    filler.flush()
             except OSError:
                 pass
         with spawned(SLEEP, parts["part-a"]):
