@@ -19,6 +19,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import re
 from pathlib import Path
 
 from .atomic import write_atomic
@@ -48,6 +49,15 @@ DISK_PREFIX = "system_disk_memory_"
 def disk_file_stem(kind: str, device: str) -> str:
     """``system_disk_memory_{used,free}_<device with / as _>`` (the original's names)."""
     return f"{DISK_PREFIX}{kind}_{device.replace('/', '_')}"
+
+
+TEMPERATURE_PREFIX = "temperature_"
+
+
+def temperature_file_stem(sensor_id: str) -> str:
+    """``temperature_<sensor id>``, every character but letters, digits, ``.``
+    and ``-`` as ``_`` (``coretemp/Core 0`` gives ``temperature_coretemp_Core_0``)."""
+    return TEMPERATURE_PREFIX + re.sub(r"[^A-Za-z0-9.-]", "_", sensor_id)
 
 
 def format_value(value: float | None) -> str:
@@ -94,6 +104,8 @@ def series(store: Store) -> tuple[str, dict[str, str]] | None:
             except (TypeError, ValueError):
                 continue
             values[disk_file_stem(kind, device)] = format_value(value)
+    for row in store.rows_at("temperature", *stamp):  # none on a machine without sensors
+        values[temperature_file_stem(row["sensor_id"] or "")] = format_value(row["temperature"])
     return f"{stamp[0]} {stamp[1]}", values
 
 
@@ -158,8 +170,10 @@ def publish(store: Store, data_dir: Path) -> None:
 
 
 def _drop_stale_disks(data_dir: Path, day: str, current: dict[str, str]) -> None:
-    """At the day change, remove the CSVs of disks that are gone (yesterday's data)."""
-    for name in glob.glob(glob.escape(str(data_dir)) + f"/{DISK_PREFIX}*.csv"):
+    """At the day change, remove the CSVs of disks (and temperature sensors) that
+    are gone (yesterday's data)."""
+    for name in [found for prefix in (DISK_PREFIX, TEMPERATURE_PREFIX)
+                 for found in glob.glob(glob.escape(str(data_dir)) + f"/{prefix}*.csv")]:
         path = Path(name)
         if path.stem in current:
             continue
