@@ -133,7 +133,7 @@ def resolve_data_dir(value: str | os.PathLike, *, shared: bool = False, base: Pa
     mode = 0o755 if shared else 0o750
     if not path.is_dir():
         top = path.parent
-        if base is not None and base.is_dir() and path.is_relative_to(base.absolute()):
+        if base is not None and path.is_relative_to(base.absolute()):
             top = base.absolute()
         if not top.is_dir():
             raise CollectError(f"data dir {path}: parent directory {top} does not exist")
