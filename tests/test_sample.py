@@ -12,6 +12,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import time
 from pathlib import Path
 
 import psutil
@@ -104,6 +105,7 @@ def test_every_sensor_is_stored_charted_and_exported(data_dir: Path) -> None:
     assert 'node_hwmon_temp_alarm{chip="nvme",sensor="temp1"} 1.0' in exposed
 
     # No hwmon chip: the thermal zones (psutil reads them only then).
+    time.sleep(1.1)  # a run of its own stamp (a run's stamp has whole seconds)
     _collect_with_fake_sysfs(data_dir, _thermal(Path("/sys/class")))
     exposed = metrics.render(metrics.build_registry(data_dir)).decode()
     assert 'node_hwmon_temp_celsius{chip="x86_pkg_temp",sensor="temp1"} 38.0' in exposed
