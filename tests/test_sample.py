@@ -9,6 +9,7 @@ hwmon chips and thermal zones (psutil reads exactly those files).
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import sqlite3
 import subprocess
@@ -54,35 +55,25 @@ def test_a_machine_without_sensors_writes_and_logs_nothing(data_dir: Path) -> No
     assert b"node_hwmon" not in metrics.render(metrics.build_registry(data_dir))
 
 
-def _hwmon(root: Path) -> str:
-    """Shell lines laying out two hwmon chips as the kernel does (millidegrees)."""
-    return "\n".join([
-        f"mkdir -p {root}/hwmon/hwmon0 {root}/hwmon/hwmon1",
-        f"echo coretemp > {root}/hwmon/hwmon0/name",
-        f"echo 45000 > {root}/hwmon/hwmon0/temp1_input",
-        f"echo 'Package id 0' > {root}/hwmon/hwmon0/temp1_label",
-        f"echo 80000 > {root}/hwmon/hwmon0/temp1_max",
-        f"echo 100000 > {root}/hwmon/hwmon0/temp1_crit",
-        f"echo 52500 > {root}/hwmon/hwmon0/temp2_input",
-        f"echo nvme > {root}/hwmon/hwmon1/name",
-        f"echo 90500 > {root}/hwmon/hwmon1/temp1_input",
-        f"echo 84850 > {root}/hwmon/hwmon1/temp1_crit",
-    ])
+# What the kernel lays out (millidegrees), relative to /sys/class.
+HWMON = {
+    "hwmon/hwmon0/name": "coretemp", "hwmon/hwmon0/temp1_input": "45000",
+    "hwmon/hwmon0/temp1_label": "Package id 0", "hwmon/hwmon0/temp1_max": "80000",
+    "hwmon/hwmon0/temp1_crit": "100000", "hwmon/hwmon0/temp2_input": "52500",
+    "hwmon/hwmon1/name": "nvme", "hwmon/hwmon1/temp1_input": "90500", "hwmon/hwmon1/temp1_crit": "84850",
+}
+THERMAL = {
+    "thermal/thermal_zone0/type": "x86_pkg_temp", "thermal/thermal_zone0/temp": "38000",
+    "thermal/thermal_zone0/trip_point_0_type": "critical", "thermal/thermal_zone0/trip_point_0_temp": "105000",
+}
 
 
-def _thermal(root: Path) -> str:
-    return "\n".join([
-        f"mkdir -p {root}/thermal/thermal_zone0",
-        f"echo x86_pkg_temp > {root}/thermal/thermal_zone0/type",
-        f"echo 38000 > {root}/thermal/thermal_zone0/temp",
-        f"echo critical > {root}/thermal/thermal_zone0/trip_point_0_type",
-        f"echo 105000 > {root}/thermal/thermal_zone0/trip_point_0_temp",
-    ])
-
-
-def _collect_with_fake_sysfs(data_dir: Path, layout: str) -> None:
-    """One real collect run in a private mount namespace whose /sys/class holds ``layout``."""
-    script = "\n".join(["set -e", "mount -t tmpfs slapos-collect-test /sys/class", layout,
+def _collect_with_fake_sysfs(data_dir: Path, files: dict[str, str]) -> None:
+    """One real collect run in a private mount namespace whose /sys/class holds ``files``."""
+    layout = [f"mkdir -p {shlex.quote(str(Path('/sys/class', name).parent))} && "
+              f"printf '%s\\n' {shlex.quote(text)} > {shlex.quote('/sys/class/' + name)}"
+              for name, text in files.items()]
+    script = "\n".join(["set -e", "mount -t tmpfs slapos-collect-test /sys/class", *layout,
                         f"exec {SCRIPTS / 'slapos-collect'} collect --data-dir {data_dir}"])
     proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
                           capture_output=True, text=True, timeout=120)
@@ -91,7 +82,7 @@ def _collect_with_fake_sysfs(data_dir: Path, layout: str) -> None:
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root for a mount namespace")
 def test_every_sensor_is_stored_charted_and_exported(data_dir: Path) -> None:
-    _collect_with_fake_sysfs(data_dir, _hwmon(Path("/sys/class")))
+    _collect_with_fake_sysfs(data_dir, HWMON)
     with sqlite3.connect(data_dir / "collector.db") as conn:
         rows = conn.execute("SELECT sensor_id, temperature, alarm FROM temperature ORDER BY sensor_id").fetchall()
     conn.close()
@@ -106,7 +97,7 @@ def test_every_sensor_is_stored_charted_and_exported(data_dir: Path) -> None:
 
     # No hwmon chip: the thermal zones (psutil reads them only then).
     time.sleep(1.1)  # a run of its own stamp (a run's stamp has whole seconds)
-    _collect_with_fake_sysfs(data_dir, _thermal(Path("/sys/class")))
+    _collect_with_fake_sysfs(data_dir, THERMAL)
     exposed = metrics.render(metrics.build_registry(data_dir)).decode()
     assert 'node_hwmon_temp_celsius{chip="x86_pkg_temp",sensor="temp1"} 38.0' in exposed
     assert 'node_hwmon_temp_alarm{chip="x86_pkg_temp",sensor="temp1"} 0.0' in exposed
