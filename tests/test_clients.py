@@ -63,7 +63,8 @@ def node(clients):
                 subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name], check=True)
                 created.append(name)
         root = base / "srv"
-        root.mkdir(mode=0o755)
+        root.mkdir()
+        root.chmod(0o755)  # whatever the umask
         for n, name in enumerate(USERS):
             user = pwd.getpwnam(name)
             part = root / f"slappart{n}"

@@ -69,7 +69,8 @@ def node():
     base = shared_dir("node-")
     base.chmod(0o755)
     root = base / "srv"
-    root.mkdir(mode=0o755)
+    root.mkdir()
+    root.chmod(0o755)  # whatever the umask
     cfg = base / "slapos.cfg"
     cfg.write_text(f"[slapos]\ninstance_root = {root}\ncomputer_id = COMP-9\n"
                    "[slapformat]\npartition_amount = 0\n")
