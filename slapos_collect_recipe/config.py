@@ -121,6 +121,17 @@ def get_list(cp: configparser.ConfigParser, section: str, key: str) -> list[str]
     return cp.get(section, key, fallback="").split()
 
 
+def _make_dirs(folders: list[Path], mode: int) -> None:
+    """Create the missing ones, in order, with exactly ``mode`` (mkdir's goes through the umask)."""
+    for folder in folders:
+        if not folder.is_dir():
+            try:
+                folder.mkdir(mode=mode)
+            except FileExistsError:
+                continue  # made meanwhile by another run
+            os.chmod(folder, mode)
+
+
 def resolve_data_dir(value: str | os.PathLike, *, shared: bool = False, base: Path | None = None) -> Path:
     """The data dir, created if missing; its parent must exist, unless ``base``
     (a node's instance_root) is given: then the folders between it and the
@@ -138,12 +149,7 @@ def resolve_data_dir(value: str | os.PathLike, *, shared: bool = False, base: Pa
         if not top.is_dir():
             raise CollectError(f"data dir {path}: parent directory {top} does not exist")
         try:
-            for folder in reversed([path, *path.parents]):
-                if folder.is_relative_to(top) and folder != top and not folder.is_dir():
-                    folder.mkdir(mode=mode)
-                    os.chmod(folder, mode)  # mkdir's mode goes through the umask
-        except FileExistsError:
-            pass
+            _make_dirs([f for f in reversed([path, *path.parents]) if f.is_relative_to(top) and f != top], mode)
         except OSError as exc:
             raise CollectError(f"cannot create data dir {path}: {exc.strerror}") from None
     if not os.access(path, os.W_OK | os.X_OK):
@@ -161,12 +167,7 @@ def xml_report_dir(instance_root: Path, computer_id: str) -> Path | None:
         return None
     path = instance_root.absolute() / "var" / "xml_report" / computer_id
     try:
-        for folder in (path.parent, path):
-            if not folder.is_dir():
-                folder.mkdir(mode=0o755)
-                os.chmod(folder, 0o755)
-    except FileExistsError:
-        pass
+        _make_dirs([path.parent, path], 0o755)
     except OSError as exc:
         raise CollectError(f"cannot create {path}: {exc.strerror}") from None
     return path
