@@ -29,7 +29,7 @@ def promise(name, partition_dir, work_dir, db):
         os.makedirs(folder, exist_ok=True)
     with open(os.path.join(plugin_dir, name + ".py"), "w") as handle:
         handle.write(f"from slapos.promise.plugin.{name} import RunPromise\n\n"
-                     f"extra_config_dict = {{'collectordb': {db!r}, 'display-partition': '1'}}\n")
+                     f"extra_config_dict = {{'collectordb': {db!r}}}\n")
     launcher = PromiseLauncher(config={
         "promise-timeout": 60, "promise-folder": plugin_dir,
         "legacy-promise-folder": os.path.join(work_dir, "promise"), "log-folder": os.path.join(work_dir, "log"),
