@@ -205,8 +205,8 @@ def _keep_wal_files(path: Path) -> Iterator[None]:
 
     The last connection to close a WAL database takes an exclusive lock, and
     when it gets it, checkpoints and deletes ``-wal`` and ``-shm``; a reader
-    that may not write in the directory (a partition's user) can then not
-    open the database at all ("unable to open database file"). SQLite's
+    that may not write in the directory (a partition's user) then fails on
+    its first query ("attempt to write a readonly database"). SQLite's
     persistent-WAL switch is not reachable from Python's sqlite3; an open file
     description lock (F_OFD_SETLK) conflicts with SQLite's POSIX locks even in
     this process, so the close finds the database shared and leaves both
