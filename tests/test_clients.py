@@ -160,6 +160,10 @@ def test_monitor_collect_as_the_partition_user(clients, collected) -> None:
     load = processes[node["loads"][0].pid]
     assert load["user"] == "slapuser0"
     assert 3 * 30 <= load["memory_rss"] <= 3 * 60  # MiB: the client sums it over the runs (30 MiB + the interpreter)
+    truth = psutil.Process(node["loads"][0].pid).memory_info().rss / 2 ** 20  # the load's own, steady
+    assert load["memory_rss"] / 3 == pytest.approx(truth, rel=0.05)
+    print(f"monitor.collect slapuser0: {status['total_process']} process rows, load RSS "
+          f"{load['memory_rss'] / 3:.2f} MiB per run (the kernel: {truth:.2f}), CPU {load['cpu_percent']} %")
     assert 2 <= load["cpu_percent"] <= 40  # about 10 % of a core
 
 
@@ -169,6 +173,7 @@ def test_check_computer_memory_as_the_partition_user(clients, collected) -> None
     assert proc.returncode == 0, proc.stdout + proc.stderr
     total = psutil.virtual_memory().total
     assert proc.stdout.startswith("OK - memory used: ") and f"of {total}B" in proc.stdout, proc.stdout
+    print(f"check-computer-memory: {proc.stdout.strip()}")
     # The client reads "the previous minute" in local time: on a node whose
     # clock is not UTC it finds none of the (UTC) rows, and says so with exit 0.
     east = as_user("slapuser1", str(clients / "check-computer-memory"), "--collectordb", str(collected["db"]),
@@ -229,6 +234,8 @@ def test_consumption_report_agrees_and_the_journal_reaches_node_report(clients, 
         assert mine[("service_module/memory_used", user)] >= 30  # MiB: the 30 MiB load and its interpreter
         assert 2 <= mine[("service_module/disk_used", user)] <= 3  # MiB: the 2 MiB of data
         assert mine[("service_module/cpu_load_percent", user)] > 2
+    print("ConsumptionReport vs ours:", {f"{r.split('/')[1]}/{ref}": (theirs[(r, ref)], mine[(r, ref)])
+                                          for (r, ref) in mine if ref in USERS})
     cpu = ("service_module/cpu_load_percent", COMPUTER)
     assert mine[cpu] == pytest.approx(theirs[cpu], rel=1e-9)
     memory = ("service_module/memory_used", COMPUTER)
