@@ -11,7 +11,7 @@ $(STAMP): setup.py constraints.txt
 	@bash ci/install-system-deps ci/apt-base.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt --config-settings editable_mode=compat -e '.[monitor,cron,recipe,test]'
+	$(PY) -m pip install -q -c constraints.txt --config-settings editable_mode=compat -e '.[recipe,test]'
 	touch $@
 
 # Debian packages the tests and benchmarks need (browser, Prometheus, logrotate...).

@@ -20,19 +20,26 @@ setup(
     include_package_data=True,
     package_data={"slapos_collect_recipe": ["templates/*", "assets/*", "*.schema.json"]},
     zip_safe=False,
+    # Everything the egg's two commands need, every subcommand included: a plain
+    # `pip install` gives a working slapos-collect and slapmonitor. The
+    # per-minute collect imports only psutil (the others are imported lazily).
     install_requires=[
         "psutil>=5.9",
         # ISA-L's deflate for the daily archives (zlib where there is no wheel).
         "isal>=1.6; platform_system == 'Linux' and (platform_machine == 'x86_64' or platform_machine == 'aarch64')",
+        # serve / slapmonitor: the server, /metrics, the TLS pair, the dashboard's charts.
+        "aiohttp>=3.9",
+        "prometheus_client>=0.17",
+        "cryptography>=41",
+        "dygraphs>=0.0.14",
+        # cron: the partition's cron daemon.
+        "croniter>=2.0",
     ],
     extras_require={
-        "monitor": [
-            "aiohttp>=3.9",
-            "prometheus_client>=0.17",
-            "cryptography>=41",
-            "dygraphs>=0.0.14",
-        ],
-        "cron": ["croniter>=2.0"],
+        # Kept empty so that older requirement lines (`[monitor,cron]`) still resolve.
+        "monitor": [],
+        "cron": [],
+        # What buildout itself needs to use the egg as a recipe.
         "recipe": [
             "zc.buildout>=4",
             "zc.recipe.egg",

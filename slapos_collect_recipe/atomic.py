@@ -39,15 +39,17 @@ def link_new(tmp: str | os.PathLike, final: str | os.PathLike) -> bool:
     return True
 
 
-def write_atomic(path: str | os.PathLike, data: str | bytes, mode: int = 0o644, *, replace: bool = True) -> bool:
+def write_atomic(path: str | os.PathLike, data: str | bytes, mode: int = 0o644, *, replace: bool = True,
+                 tmp_dir: str | os.PathLike | None = None) -> bool:
     """Write ``data`` to ``path``: a temp file in the same dir, fsync, rename, fsync the dir.
 
     With ``replace=False`` an existing file wins (the temp file is hard-linked,
     never renamed over it) and False is returned: two processes creating the
-    same file at once agree on one content."""
+    same file at once agree on one content. ``tmp_dir`` (same file system)
+    keeps the temp file out of a folder whose every file a reader takes."""
     path = Path(path)
     raw = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
+    fd, tmp = tempfile.mkstemp(dir=tmp_dir or path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
     try:
         try:
             os.fchmod(fd, mode)

@@ -17,7 +17,7 @@ from . import config, folder, lock, sample
 from .config import CollectSettings
 from .errors import CollectError
 from .snapshot import RunSnapshot
-from .store import DB_NAME, Store, describe_error
+from .store import DB_NAME, Store, describe_error, share_read_only
 
 log = logging.getLogger("slapos_collect")
 
@@ -69,6 +69,8 @@ def collect(settings: CollectSettings) -> int:
 
 def _sample_and_store(settings: CollectSettings) -> tuple[RunSnapshot, Path | None]:
     store, aside = Store.open_or_recover(settings.data_dir / DB_NAME)
+    if settings.shared:
+        share_read_only(store.path)  # node mode: the partitions' users read it
     with store:
         previous = store.get_state("last_run")
         previous_cpu = store.process_cpu_times(previous["date"], previous["time"]) if previous else {}
@@ -81,6 +83,7 @@ def _sample_and_store(settings: CollectSettings) -> tuple[RunSnapshot, Path | No
             store.insert("disk", (d.row() for d in snap.disks), snap.date, snap.time)
             store.insert("disk_io", (d.row() for d in snap.disk_io), snap.date, snap.time)
             store.insert_usage((u.row() for u in snap.usage), snap.date, snap.time)
+            store.insert("temperature", (t.row() for t in snap.temperatures), snap.date, snap.time)
             store.set_state("last_run", {"epoch": snap.epoch, "date": snap.date, "time": snap.time,
                                          **snap.cpu_state})
             for key, value in snap.state.items():

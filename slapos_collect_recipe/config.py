@@ -52,6 +52,11 @@ class CollectSettings:
     cgroups: dict[str, str] = field(default_factory=dict)
     process_accounting: str = "auto"
     memory_cycle: int = DEFAULT_MEMORY_CYCLE
+    # Node mode (--slapos-cfg): the data dir is 0755 and collector.db 0644, so
+    # that the partitions' users can read it; new journals are also put in
+    # xml_report_dir for `slapos node report`.
+    shared: bool = False
+    xml_report_dir: Path | None = None
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -129,20 +134,55 @@ def get_list(cp: configparser.ConfigParser, section: str, key: str) -> list[str]
     return cp.get(section, key, fallback="").split()
 
 
-def resolve_data_dir(value: str | os.PathLike) -> Path:
-    """The data dir, created if missing; its parent must exist."""
+def _make_dirs(folders: list[Path], mode: int) -> None:
+    """Create the missing ones, in order, with exactly ``mode`` (mkdir's goes through the umask)."""
+    for folder in folders:
+        if not folder.is_dir():
+            try:
+                folder.mkdir(mode=mode)
+            except FileExistsError:
+                continue  # made meanwhile by another run
+            os.chmod(folder, mode)
+
+
+def resolve_data_dir(value: str | os.PathLike, *, shared: bool = False, base: Path | None = None) -> Path:
+    """The data dir, created if missing; its parent must exist, unless ``base``
+    (a node's instance_root) is given: then the folders between it and the
+    data dir are created too, as the node's layout implies (``base`` itself
+    must exist).
+
+    Private (0750) by default; ``shared`` (node mode) makes it 0755 at every
+    call, whatever the umask or a hand's chmod did, as the original does."""
     path = Path(value).expanduser().absolute()
+    mode = 0o755 if shared else 0o750
     if not path.is_dir():
-        if not path.parent.is_dir():
-            raise CollectError(f"data dir {path}: parent directory {path.parent} does not exist")
+        top = path.parent
+        if base is not None and path.is_relative_to(base.absolute()):
+            top = base.absolute()
+        if not top.is_dir():
+            raise CollectError(f"data dir {path}: parent directory {top} does not exist")
         try:
-            path.mkdir(mode=0o750)
-        except FileExistsError:
-            pass
+            _make_dirs([f for f in reversed([path, *path.parents]) if f.is_relative_to(top) and f != top], mode)
         except OSError as exc:
             raise CollectError(f"cannot create data dir {path}: {exc.strerror}") from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise CollectError(f"data dir {path} is not writable")
+    if shared and (path.stat().st_mode & 0o7777) != mode:
+        os.chmod(path, mode)
+    return path
+
+
+def xml_report_dir(instance_root: Path, computer_id: str) -> Path | None:
+    """``<instance_root>/var/xml_report/<computer_id>/``, where ``slapos node
+    report`` reads the journals it sends (created 0755, as the original does);
+    None without a computer id."""
+    if not computer_id or "/" in computer_id or computer_id in (".", ".."):
+        return None
+    path = instance_root.absolute() / "var" / "xml_report" / computer_id
+    try:
+        _make_dirs([path.parent, path], 0o755)
+    except OSError as exc:
+        raise CollectError(f"cannot create {path}: {exc.strerror}") from None
     return path
 
 
@@ -168,6 +208,7 @@ class NodeConfig:
 
     partitions: list[Partition]
     data_dir: Path
+    instance_root: Path
     keep_days: int | None
     folder_cycle: int | None
     report_disk_usage: bool | None
@@ -204,6 +245,7 @@ def read_slapos_cfg(path: str) -> NodeConfig:
     return NodeConfig(
         partitions=partitions,
         data_dir=root / "var" / "data-log",
+        instance_root=root,
         keep_days=keep,
         folder_cycle=cycle,
         report_disk_usage=report,
@@ -247,15 +289,20 @@ def collect_settings(args: argparse.Namespace) -> CollectSettings:
         raise CollectError(f"--keep-days must be at least 1, not {keep_days}")
     folder_cycle = get_int(cp, section, "folder-cycle", (node and node.folder_cycle) or DEFAULT_FOLDER_CYCLE)
     default_report = node.report_disk_usage if node and node.report_disk_usage is not None else True
+    computer_id = cp.get(section, "computer-id", fallback="").strip() or (node.computer_id if node else "")
+    explicit_dir = bool(getattr(args, "data_dir", None) or cp.get(section, "data-dir", fallback="").strip())
     settings = CollectSettings(
-        data_dir=resolve_data_dir(data_dir),
+        data_dir=resolve_data_dir(data_dir, shared=node is not None,
+                                  base=None if explicit_dir or node is None else node.instance_root),
         partitions=partitions,
         log_file=getattr(args, "log_file", None) or cp.get(section, "log-file", fallback="").strip() or None,
         keep_days=keep_days,
         folder_cycle=folder_cycle,
         report_disk_usage=get_bool(cp, section, "report-disk-usage", default_report),
-        computer_id=cp.get(section, "computer-id", fallback="").strip() or (node.computer_id if node else ""),
+        computer_id=computer_id,
         memory_cycle=memory_cycle(args, cp),
+        shared=node is not None,
+        xml_report_dir=xml_report_dir(node.instance_root, computer_id) if node else None,
     )
     settings.cgroups = cgroup_settings(args, cp, {p.label for p in partitions})
     mode = getattr(args, "process_accounting", None) or cp.get(section, "process-accounting", fallback="").strip()

@@ -344,7 +344,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         import croniter  # noqa: F401
     except ImportError:
-        raise CollectError("the cron daemon needs croniter: pip install 'slapos_collect_recipe[cron]'") from None
+        raise CollectError("the cron daemon needs croniter (a dependency of slapos_collect_recipe): pip install croniter") from None
     cron_d = Path(args.cron_d).absolute()
     if not cron_d.is_dir():
         raise CollectError(f"cron folder {cron_d} does not exist")

@@ -188,6 +188,7 @@ class StoreCollector:
         yield from self._disks(store)
         yield from self._partitions(store)
         yield from self._benchmarks(store)
+        yield from self._temperatures(store)
 
     def _system(self, store: Store) -> Iterator[Metric]:
         rows = store.latest_rows("system")
@@ -312,6 +313,27 @@ class StoreCollector:
         yield family
         if spread.samples:
             yield spread
+
+    def _temperatures(self, store: Store) -> Iterator[Metric]:
+        """node_exporter's hwmon family, from the latest run with temperatures:
+        ``chip`` is the hwmon name (or thermal zone type), ``sensor`` the label
+        (``temp<N>`` without one). Nothing on a machine without sensors."""
+        rows = store.latest_temperatures()
+        if not rows:
+            return
+        family = GaugeMetricFamily("node_hwmon_temp_celsius", "Hardware monitor for temperature (input)",
+                                   labels=["chip", "sensor"])
+        alarm = GaugeMetricFamily("node_hwmon_temp_alarm", "1 when the temperature is above the sensor's "
+                                  "high or critical mark", labels=["chip", "sensor"])
+        for sensor_id, value, above in rows:
+            number = _number(value)
+            if number is None:
+                continue
+            chip, _, sensor = str(sensor_id).partition("/")
+            family.add_metric([chip, sensor], number)
+            alarm.add_metric([chip, sensor], 1.0 if above else 0.0)
+        yield family
+        yield alarm
 
     # -- benchmark_status.json -----------------------------------------------
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import re
 from pathlib import Path
 
 from .atomic import write_atomic
@@ -92,6 +93,13 @@ def label_part(label: str) -> str:
 def partition_file_stem(figure: str, label: str) -> str:
     """``partition_<figure>_<label_part(label)>``, e.g. ``partition_cpu_percent_slappart0``."""
     return f"{PARTITION_PREFIX}{figure}_{label_part(label)}"
+TEMPERATURE_PREFIX = "temperature_"
+
+
+def temperature_file_stem(sensor_id: str) -> str:
+    """``temperature_<sensor id>``, every character but letters, digits, ``.``
+    and ``-`` as ``_`` (``coretemp/Core 0`` gives ``temperature_coretemp_Core_0``)."""
+    return TEMPERATURE_PREFIX + re.sub(r"[^A-Za-z0-9.-]", "_", sensor_id)
 
 
 def format_value(value: float | None) -> str:
@@ -144,6 +152,8 @@ def series(store: Store) -> tuple[str, dict[str, str]] | None:
             value = next((usage[name] for name in names if usage[name] is not None), None)
             if value is not None:  # not measured: no line (a gap in the chart), never a 0
                 values[f"{PARTITION_PREFIX}{figure}_{label}"] = format_value(value / divisor)
+    for row in store.rows_at("temperature", *stamp):  # none on a machine without sensors
+        values[temperature_file_stem(row["sensor_id"] or "")] = format_value(row["temperature"])
     return f"{stamp[0]} {stamp[1]}", values
 
 
@@ -208,9 +218,9 @@ def publish(store: Store, data_dir: Path) -> None:
 
 
 def _drop_stale(data_dir: Path, day: str, current: dict[str, str]) -> None:
-    """At the day change, remove the CSVs of disks and partitions that are gone
-    (yesterday's data), and a partition's figure no longer measured."""
-    names = [name for prefix in (DISK_PREFIX, PARTITION_PREFIX)
+    """At the day change, remove the CSVs of disks, partitions and temperature
+    sensors that are gone (yesterday's data), and a partition's figure no longer measured."""
+    names = [name for prefix in (DISK_PREFIX, PARTITION_PREFIX, TEMPERATURE_PREFIX)
              for name in glob.glob(glob.escape(str(data_dir)) + f"/{prefix}*.csv")]
     for name in names:
         path = Path(name)

@@ -154,11 +154,28 @@ def write_consumption_report(store: Store, data_dir: Path, day: str, computer_id
     return path
 
 
-def clean_report_leftovers(data_dir: Path) -> None:
-    folder = Path(data_dir) / REPORT_DIR
-    if folder.is_dir():
-        for leftover in folder.glob(f".*{TMP_SUFFIX}"):
-            leftover.unlink(missing_ok=True)
+def hand_to_node_report(journal: Path, xml_report_dir: Path | None) -> Path | None:
+    """Node mode: a journal just written goes where ``slapos node report``
+    takes it (``<instance_root>/var/xml_report/<computer_id>/<day>.xml``; it
+    validates, sends and deletes every file there), as the original copies
+    each journal it builds. Only a journal written by this run is handed over,
+    and a journal is never rebuilt: a day is never sent twice. Atomic: the
+    temp file lives in the parent folder, never among the files it sends."""
+    if xml_report_dir is None:
+        return None
+    final = xml_report_dir / journal.name
+    if not write_atomic(final, journal.read_bytes(), replace=False, tmp_dir=xml_report_dir.parent):
+        return None
+    log.info("journal %s handed to slapos node report in %s", journal.name, xml_report_dir)
+    return final
+
+
+def clean_report_leftovers(data_dir: Path, xml_report_dir: Path | None = None) -> None:
+    folders = [Path(data_dir) / REPORT_DIR] + ([xml_report_dir.parent] if xml_report_dir else [])
+    for folder in folders:
+        if folder.is_dir():
+            for leftover in folder.glob(f".*{TMP_SUFFIX}"):
+                leftover.unlink(missing_ok=True)
 
 
 # -- the SlapOS monitor's per-partition JSON -----------------------------------------

@@ -199,6 +199,7 @@ def rotate_day(store: Store, settings: config.CollectSettings, day: str, result:
             written = report.write_consumption_report(store, data_dir, day, settings.computer_id, journal_bytes)
             if written:
                 result.reports.append(written)
+                report.hand_to_node_report(written, settings.xml_report_dir)
             decision.put(True)
             told = True
             result.rows_reported += marks.result()
@@ -221,7 +222,7 @@ def rotate_day(store: Store, settings: config.CollectSettings, day: str, result:
 
 # -- the whole job -----------------------------------------------------------------
 
-def recover(store: Store, data_dir: Path, computer_id: str = "") -> str | None:
+def recover(store: Store, data_dir: Path, computer_id: str = "", xml_report_dir: Path | None = None) -> str | None:
     """Finish or drop what a killed run left; remove its temp files and folders."""
     outcome = None
     pending = store.get_state(PENDING_KEY)
@@ -229,7 +230,9 @@ def recover(store: Store, data_dir: Path, computer_id: str = "") -> str | None:
         archive = data_dir / pending["archive"]
         if archive.is_file() and pending.get("inode", archive.stat().st_ino) == archive.stat().st_ino:
             fsync_dir(data_dir)
-            report.write_consumption_report(store, data_dir, pending["day"], computer_id)
+            written = report.write_consumption_report(store, data_dir, pending["day"], computer_id)
+            if written:
+                report.hand_to_node_report(written, xml_report_dir)
             _finish(store, pending["day"], {t: int(v) for t, v in pending["limits"].items()})
             outcome = f"completed {pending['archive']}"
         else:
@@ -244,7 +247,7 @@ def recover(store: Store, data_dir: Path, computer_id: str = "") -> str | None:
                 os.unlink(entry.path)
             elif DAY_RE.match(entry.name) and entry.is_dir(follow_symlinks=False):
                 shutil.rmtree(entry.path)
-    report.clean_report_leftovers(data_dir)
+    report.clean_report_leftovers(data_dir, xml_report_dir)
     return outcome
 
 
@@ -261,7 +264,7 @@ def rotate(store: Store, settings: config.CollectSettings, progress: bool = Fals
     reports. Cheap when there is nothing to do. Call with the collect lock held."""
     data_dir = Path(settings.data_dir)
     result = RotateResult()
-    result.recovered = recover(store, data_dir, settings.computer_id)
+    result.recovered = recover(store, data_dir, settings.computer_id, settings.xml_report_dir)
     today = today_utc()
     days = [d for d in store.unreported_days(today) if DAY_RE.match(d)]
     bar = Progress(len(days)) if progress and days else None

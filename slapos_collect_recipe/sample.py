@@ -25,6 +25,7 @@ from .snapshot import (
     ProcessSample,
     RunSnapshot,
     SystemSample,
+    TemperatureSample,
 )
 
 log = logging.getLogger("slapos_collect")
@@ -253,6 +254,38 @@ def sample_disks() -> tuple[list[DiskSample], list[DiskIOSample]]:
     return disks, io_samples
 
 
+def temperature_samples(readings: dict[str, list]) -> list[TemperatureSample]:
+    """psutil's ``sensors_temperatures()`` (chip -> ``shwtemp(label, current,
+    high, critical)``) as samples. A mark of None or at most 0 °C is no mark
+    (drivers report 0 for "none"); psutil copies high to critical and back
+    when only one is known."""
+    samples = []
+    for chip, entries in readings.items():
+        for index, entry in enumerate(entries, 1):
+            label, current, high, critical = entry[:4]
+            if current is None:
+                continue
+            marks = [mark for mark in (high, critical) if mark is not None and mark > 0]
+            samples.append(TemperatureSample(
+                chip=chip or "unknown", sensor=label or f"temp{index}", temperature=round(float(current), 3),
+                high=high, critical=critical, alarm=any(current > mark for mark in marks),
+            ))
+    return samples
+
+
+def sample_temperatures() -> list[TemperatureSample]:
+    """Every temperature sensor the kernel exposes (psutil reads
+    /sys/class/hwmon, or the thermal zones when there is no hwmon sensor);
+    none at all on a machine without sensors (a VM): nothing, and no log."""
+    reader = getattr(psutil, "sensors_temperatures", None)
+    if reader is None:
+        return []
+    try:
+        return temperature_samples(reader())
+    except (OSError, ValueError):
+        return []
+
+
 def _usage(partitions: list[Partition], processes: list[ProcessSample], kin: list[tuple[int, float | None]],
            previous: dict | None, now: float, uptime: float, boot_time: float, ncpu: int,
            settings: CollectSettings | None) -> tuple[list, dict, list[str]]:
@@ -346,6 +379,7 @@ def take(partitions: list[Partition], previous_state: dict | None, previous_cpu:
         disks=disks,
         disk_io=disk_io,
         usage=usage,
+        temperatures=sample_temperatures(),
         cpu_state={"boot_time": boot_time, "cpu_times": cpu_times},
         state={accounting.STATE_KEY: usage_state, partition_memory.STATE_KEY: memory_state},
         problems=problems,

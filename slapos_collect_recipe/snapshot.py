@@ -132,6 +132,29 @@ class PartitionUsage:
 
 
 @dataclass
+class TemperatureSample:
+    """One temperature sensor the kernel exposes (hwmon, or a thermal zone).
+
+    ``sensor_id`` is ``<chip>/<sensor>``: the chip's hwmon name (or the
+    thermal zone's type) and the sensor's label, ``temp<N>`` when it has none.
+    ``alarm`` when the reading is above the sensor's high or critical mark."""
+
+    chip: str
+    sensor: str
+    temperature: float
+    high: float | None
+    critical: float | None
+    alarm: bool
+
+    @property
+    def sensor_id(self) -> str:
+        return f"{self.chip}/{self.sensor}"
+
+    def row(self) -> tuple:
+        return (self.sensor_id, self.temperature, int(self.alarm))
+
+
+@dataclass
 class RunSnapshot:
     """Everything one run stores, under one UTC stamp."""
 
@@ -144,6 +167,7 @@ class RunSnapshot:
     disks: list[DiskSample]
     disk_io: list[DiskIOSample]
     usage: list[PartitionUsage] = field(default_factory=list)
+    temperatures: list[TemperatureSample] = field(default_factory=list)
     # What the next run needs to compute CPU % over the interval.
     cpu_state: dict = field(default_factory=dict)
     vanished: int = 0

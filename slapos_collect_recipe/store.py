@@ -30,7 +30,7 @@ DB_NAME = "collector.db"
 # the write lock: a rotation holds it while a day is dumped (see rotate_day).
 BACKGROUND_TIMEOUT = 600.0
 # Bump when _schema() changes: a store of an older version gets the new tables and indexes.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # table -> its own columns (name, type), in order; STAMP columns follow.
 TABLES: dict[str, tuple[tuple[str, str], ...]] = {
@@ -111,6 +111,23 @@ TABLES: dict[str, tuple[tuple[str, str], ...]] = {
         ("value", "real"),
         ("unit", "text"),
     ),
+    # The original's sensor tables, which its readers query (the journal reads
+    # heating.zero_emission_ratio): one row per temperature sensor per run
+    # (alarm 1 when above the sensor's high or critical mark); heating stays
+    # empty (the original's heating test is a separate experiment).
+    "temperature": (
+        ("sensor_id", "text"),
+        ("temperature", "real"),
+        ("alarm", "integer"),
+    ),
+    "heating": (
+        ("model_id", "text"),
+        ("sensor_id", "text"),
+        ("initial_temperature", "real"),
+        ("final_temperature", "real"),
+        ("delta_time", "real"),
+        ("zero_emission_ratio", "real"),
+    ),
 }
 STAMP = (("date", "text"), ("time", "text"), ("reported", "integer default 0"))
 # The running sums of partition_usage behind the /metrics counters: kept in
@@ -170,6 +187,63 @@ def _schema() -> list[str]:
     body = ", ".join(f"{name} real NOT NULL DEFAULT 0" for name in COUNTERS)
     statements.append(f"CREATE TABLE IF NOT EXISTS partition_counters (partition text PRIMARY KEY, {body})")
     return statements
+
+
+# -- the WAL's side files stay (readers without write access need them) -------
+
+# SQLite's lock bytes (os_unix.c): a reader holds a read lock in the SHARED range.
+_SHARED_FIRST = 0x40000000 + 2
+# One descriptor per database file, kept open for the process's life: closing
+# any descriptor of a file drops every POSIX lock this process holds on it,
+# SQLite connections' included.
+_GUARDS: dict[str, tuple[int, int]] = {}
+
+
+@contextmanager
+def _keep_wal_files(path: Path) -> Iterator[None]:
+    """Hold a read lock in SQLite's SHARED range while a connection closes.
+
+    The last connection to close a WAL database takes an exclusive lock, and
+    when it gets it, checkpoints and deletes ``-wal`` and ``-shm``; a reader
+    that may not write in the directory (a partition's user) then fails on
+    its first query ("attempt to write a readonly database"). SQLite's
+    persistent-WAL switch is not reachable from Python's sqlite3; an open file
+    description lock (F_OFD_SETLK) conflicts with SQLite's POSIX locks even in
+    this process, so the close finds the database shared and leaves both
+    files in place (the WAL was checkpointed and emptied just before)."""
+    import fcntl
+    import struct
+
+    key = str(path.absolute())
+    fd = None
+    try:
+        ino = os.stat(key).st_ino
+        fd, guarded_ino = _GUARDS.get(key, (None, None))
+        if fd is None or guarded_ino != ino:
+            if fd is not None:
+                os.close(fd)  # a replaced file (kept aside): no connection uses it
+            fd = os.open(key, os.O_RDONLY | os.O_CLOEXEC)
+            _GUARDS[key] = (fd, ino)
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack("hhqqi4x", fcntl.F_RDLCK, os.SEEK_SET, _SHARED_FIRST, 1, 0))
+    except (OSError, AttributeError):  # no OFD locks (not Linux): SQLite removes the files
+        fd = None
+    try:
+        yield
+    finally:
+        if fd is not None:
+            fcntl.fcntl(fd, fcntl.F_OFD_SETLK,
+                        struct.pack("hhqqi4x", fcntl.F_UNLCK, os.SEEK_SET, _SHARED_FIRST, 1, 0))
+
+
+def share_read_only(path: str | os.PathLike) -> None:
+    """Node mode: ``collector.db`` and its WAL side files readable by every
+    user (0644), whatever the umask that created them; the owner is left as
+    it is (root: only the collector writes)."""
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            os.chmod(f"{path}{suffix}", 0o644)
+        except FileNotFoundError:
+            pass
 
 
 # -- the sqlite benchmark's workload (bench.py) ----------------------------
@@ -257,7 +331,26 @@ class Store:
         return cls(path), aside
 
     def close(self) -> None:
-        self.db.close()
+        """Close; a writer leaves the WAL's side files in place (see ``_keep_wal_files``)."""
+        if self.readonly:
+            self.db.close()
+            return
+        try:
+            wal = self.db.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal"
+        except sqlite3.Error:
+            wal = False
+        if not wal:
+            self.db.close()
+            return
+        try:
+            # An empty WAL at rest: a reader that cannot write the -shm reads
+            # the whole WAL on each transaction. Never waits long for a reader.
+            self.db.execute("PRAGMA busy_timeout = 100")
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error:
+            pass
+        with _keep_wal_files(self.path):
+            self.db.close()
 
     def __enter__(self) -> Store:
         return self
@@ -426,6 +519,15 @@ class Store:
             'FROM "user" WHERE date = ? AND time = ? GROUP BY partition ORDER BY partition',
             (date, time_),
         ).fetchall()
+
+    def latest_temperatures(self) -> list[tuple[str, float, int]]:
+        """``(sensor_id, temperature, alarm)`` of the latest run that stored temperatures."""
+        stamp = self.latest_stamp("temperature")
+        if stamp is None:
+            return []
+        return self.db.execute(
+            'SELECT sensor_id, temperature, alarm FROM "temperature" WHERE date = ? AND time = ? ORDER BY sensor_id',
+            stamp).fetchall()
 
     def latest_folder_sizes(self) -> dict[str, float]:
         """``partition -> disk_used`` (KiB) of each partition's latest folder row

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-# Distributions the collector imports; ``serve`` needs the monitor extra too.
+# Distributions the collector imports; ``serve`` needs the second group too.
 BASE = ("psutil", "isal")
 MONITOR = ("aiohttp", "prometheus_client", "cryptography", "dygraphs")
 

@@ -198,3 +198,20 @@ def test_dashboard_without_data_says_so(data_dir):
         assert "collector.db" not in page.content()  # no store yet
         assert page.locator("h1").inner_text() == "server-log/"
         assert console.errors == [], console.messages
+
+
+def test_temperature_chart_appears_with_sensors_only(data_dir):
+    expected = fill(data_dir)
+    (data_dir / "temperature_coretemp_Package_id_0.csv").write_text(csv([45 + m % 3 for m in range(MINUTES)]))
+    (data_dir / "temperature_nvme_temp1.csv").write_text(csv([38.5] * MINUTES))
+    with running_server(data_dir) as server, browser_page() as (page, console):
+        page.goto(server.url(""))
+        wait_js(page, "window.slapmonitor && window.slapmonitor.ready")
+        order = page.evaluate("Array.from(document.querySelectorAll('#charts .chart')).map(e => e.id)")
+        # after the disks, before the other system and benchmark charts
+        assert order == ["chart-" + name for name in [*list(expected)[:7], "temperature", *list(expected)[7:]]]
+        assert page.evaluate("window.slapmonitor.graphs['temperature'].getLabels()") == [
+            "time", "coretemp_Package_id_0", "nvme_temp1"]
+        assert page.evaluate("window.slapmonitor.graphs['temperature'].getValue(0, 1)") == 45
+        assert page.evaluate("window.slapmonitor.graphs['temperature'].getValue(0, 2)") == 38.5
+        assert console.errors == [], console.messages

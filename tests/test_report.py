@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import SCRIPTS, run_cli
 
 from slapos_collect_recipe import config, report, rotate
 from slapos_collect_recipe.snapshot import PartitionUsage
@@ -142,6 +144,46 @@ def test_rotate_writes_one_report_per_archived_day(data_dir: Path) -> None:
     run_cli("rotate", "--data-dir", str(data_dir), check=True)
     assert [p.name for p in (data_dir / "consumption-report").iterdir()] == [f"{yesterday}.xml"]
     assert len(movements(data_dir / "consumption-report" / f"{yesterday}.xml")) == 8
+
+
+def test_node_mode_hands_each_new_journal_to_node_report_once(tmp_path: Path) -> None:
+    """--slapos-cfg: each journal written also goes to xml_report/<computer_id>/, where
+    `slapos node report` sends and deletes it; a day is never handed over twice,
+    even when a rotation killed before its journal is finished by the next one."""
+    root = tmp_path / "srv"
+    data_dir = root / "var" / "data-log"
+    data_dir.mkdir(parents=True)
+    cfg = tmp_path / "slapos.cfg"
+    cfg.write_text(f"[slapos]\ninstance_root = {root}\ncomputer_id = COMP-7\n[slapformat]\npartition_amount = 0\n")
+    inbox = root / "var" / "xml_report" / "COMP-7"
+    first, second = rotate.gc_cutoff(rotate.today_utc(), 2), rotate.gc_cutoff(rotate.today_utc(), 1)
+    with Store(data_dir / DB_NAME) as store:
+        fill(store, first)
+    run_cli("rotate", "--slapos-cfg", str(cfg), check=True)
+    journal = data_dir / "consumption-report" / f"{first}.xml"
+    assert (inbox / f"{first}.xml").read_bytes() == journal.read_bytes()
+    assert [p.name for p in inbox.parent.iterdir()] == ["COMP-7"]  # no temp file left beside it
+
+    (inbox / f"{first}.xml").unlink()  # sent by `slapos node report`
+    with Store(data_dir / DB_NAME) as store:
+        fill(store, second)
+    proc = subprocess.Popen([str(SCRIPTS / "slapos-collect"), "rotate", "--slapos-cfg", str(cfg)],
+                            env=dict(os.environ, **{rotate.PAUSE_ENV: "linked"}), stderr=subprocess.PIPE, text=True)
+    try:
+        assert "paused at linked" in proc.stderr.readline()  # archived; no journal yet
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stderr.close()
+    assert not list(inbox.iterdir())
+    run_cli("rotate", "--slapos-cfg", str(cfg), check=True)  # completes the day: its journal, handed over
+    assert sorted(p.name for p in inbox.iterdir()) == [f"{second}.xml"]
+
+    with Store(data_dir / DB_NAME) as store:
+        fill(store, first)  # late rows: a .late-1 archive, never a second journal
+    run_cli("rotate", "--slapos-cfg", str(cfg), check=True)
+    assert (data_dir / f"{first}.late-1.tar.gz").exists()
+    assert sorted(p.name for p in inbox.iterdir()) == [f"{second}.xml"]
 
 
 def partition(tmp_path: Path, label: str, monitor: bool = True) -> config.Partition:

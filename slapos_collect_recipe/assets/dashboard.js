@@ -98,6 +98,13 @@
       groups.push({ id: "disk-" + dev, title: "Disk " + dev.replace(/_/g, "/") + " (GiB)",
                     files: files, labels: labels, scale: 1 / 1048576 });
     });
+    /* One chart for every temperature sensor, only when the machine has some. */
+    var temps = { id: "temperature", title: "Temperatures (\u00b0C)", files: [], labels: [] };
+    names.slice().sort().forEach(function (n) {
+      var m = /^temperature_(.+)\.csv$/.exec(n);
+      if (m) { used[n] = true; temps.files.push(n); temps.labels.push(m[1]); }
+    });
+    if (temps.files.length) { groups.push(temps); }
     var others = [], benches = [];
     names.forEach(function (n) {
       if (used[n]) { return; }
