@@ -209,7 +209,9 @@ def test_temperature_chart_appears_with_sensors_only(data_dir):
         wait_js(page, "window.slapmonitor && window.slapmonitor.ready")
         order = page.evaluate("Array.from(document.querySelectorAll('#charts .chart')).map(e => e.id)")
         # after the disks, before the other system and benchmark charts
-        assert order == ["chart-" + name for name in [*list(expected)[:7], "temperature", *list(expected)[7:]]]
+        names = list(expected)
+        after_disks = max(i for i, name in enumerate(names) if name.startswith("disk-")) + 1
+        assert order == ["chart-" + name for name in [*names[:after_disks], "temperature", *names[after_disks:]]]
         assert page.evaluate("window.slapmonitor.graphs['temperature'].getLabels()") == [
             "time", "coretemp_Package_id_0", "nvme_temp1"]
         assert page.evaluate("window.slapmonitor.graphs['temperature'].getValue(0, 1)") == 45
