@@ -12,7 +12,7 @@ import logging
 import os
 import pwd
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import CollectError
@@ -45,6 +45,12 @@ class CollectSettings:
     folder_cycle: int = DEFAULT_FOLDER_CYCLE
     report_disk_usage: bool = True
     computer_id: str = ""
+    # Network (issue 13): label -> addresses / interface names, as given (checked by traffic.py at
+    # each run, so that one bad entry never stops the others); the node's computer XML, if any.
+    addresses: dict[str, list[str]] = field(default_factory=dict)
+    interfaces: dict[str, list[str]] = field(default_factory=dict)
+    network_accounting: str = "auto"
+    computer_xml: str | None = None
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,6 +66,35 @@ def add_partition_arguments(parser: argparse.ArgumentParser) -> None:
                         help="one partition per directory, for partitions sharing a user (repeatable)")
     parser.add_argument("--slapos-cfg", metavar="FILE",
                         help="collect every partition of a SlapOS node described by its slapos.cfg")
+
+
+NETWORK_ACCOUNTING = ("auto", "nftables", "sockets", "no")
+
+
+def add_network_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--address", action="append", default=[], metavar="LABEL=ADDR",
+                        help="an IP address of partition LABEL whose traffic is its own (repeatable)")
+    parser.add_argument("--interface", action="append", default=[], metavar="LABEL=IFNAME",
+                        help="a tap/tun interface of partition LABEL, the machine behind it being the partition "
+                             "(repeatable)")
+    parser.add_argument("--network-accounting", choices=NETWORK_ACCOUNTING, default=None,
+                        help="per-address traffic: nftables counters (root), live TCP sockets, or none "
+                             "(default: auto, nftables when possible)")
+
+
+def label_values(lines: list[str], what: str) -> dict[str, list[str]]:
+    """``LABEL = value value`` lines (or ``LABEL=value`` flags) merged into label -> values."""
+    result: dict[str, list[str]] = {}
+    for line in lines:
+        label, sep, values = line.partition("=")
+        label = label.strip()
+        if not sep or not label or not values.split():
+            raise CollectError(f"{what} {line.strip()!r} must be LABEL=VALUE")
+        known = result.setdefault(label, [])
+        for value in values.split():
+            if value not in known:
+                known.append(value)
+    return result
 
 
 def read_ini(path: str | os.PathLike) -> configparser.ConfigParser:
@@ -159,6 +194,7 @@ class NodeConfig:
     folder_cycle: int | None
     report_disk_usage: bool | None
     computer_id: str
+    computer_xml: str | None = None
 
 
 def read_slapos_cfg(path: str) -> NodeConfig:
@@ -195,6 +231,7 @@ def read_slapos_cfg(path: str) -> NodeConfig:
         folder_cycle=cycle,
         report_disk_usage=report,
         computer_id=cp.get("slapos", "computer_id", fallback="").strip(),
+        computer_xml=cp.get("slapformat", "computer_xml", fallback="").strip() or None,
     )
 
 
@@ -243,7 +280,25 @@ def collect_settings(args: argparse.Namespace) -> CollectSettings:
         report_disk_usage=get_bool(cp, section, "report-disk-usage", default_report),
         computer_id=cp.get(section, "computer-id", fallback="").strip() or (node.computer_id if node else ""),
     )
+    _network_settings(settings, args, cp, node)
     return settings
+
+
+def _network_settings(settings: CollectSettings, args: argparse.Namespace, cp: configparser.ConfigParser,
+                      node: NodeConfig | None) -> None:
+    """Addresses, interfaces (config keys, then flags, added) and the accounting mechanism."""
+    def lines(key: str, flag: str) -> list[str]:
+        from_file = [line for line in cp.get(SECTION, key, fallback="").splitlines() if line.strip()]
+        return from_file + list(getattr(args, flag, None) or [])
+
+    settings.addresses = label_values(lines("addresses", "address"), "address")
+    settings.interfaces = label_values(lines("interfaces", "interface"), "interface")
+    mode = getattr(args, "network_accounting", None) or cp.get(SECTION, "network-accounting", fallback="").strip()
+    if mode and mode not in NETWORK_ACCOUNTING:
+        raise CollectError(f"[{SECTION}] network-accounting must be one of {', '.join(NETWORK_ACCOUNTING)}, "
+                           f"not {mode!r}")
+    settings.network_accounting = mode or "auto"
+    settings.computer_xml = node.computer_xml if node else None
 
 
 def setup_logging(log_file: str | None, verbose: bool = False, long_running: bool = False) -> None:
