@@ -57,6 +57,9 @@ def collect(settings: CollectSettings) -> int:
         # The run is stored in the fresh database; still, say it and fail so cron mails it.
         raise CollectError(f"{settings.data_dir / DB_NAME} was not a database: kept as {aside}, "
                            "started a fresh one", exit_code=1)
+    if snap.problems:
+        # The run is stored; bad input still fails the command, one line each.
+        raise CollectError("stored this run, but: " + "; ".join(snap.problems), exit_code=1)
     return 0
 
 
@@ -65,7 +68,7 @@ def _sample_and_store(settings: CollectSettings) -> tuple[RunSnapshot, Path | No
     with store:
         previous = store.get_state("last_run")
         previous_cpu = store.process_cpu_times(previous["date"], previous["time"]) if previous else {}
-        snap = sample.take(settings.partitions, previous, previous_cpu)
+        snap = sample.take(settings.partitions, previous, previous_cpu, store.get_state("usage"), settings)
         with store.transaction():
             store.insert("user", (p.row() for p in snap.processes), snap.date, snap.time)
             store.insert("system", [snap.system.row()], snap.date, snap.time)
@@ -75,6 +78,8 @@ def _sample_and_store(settings: CollectSettings) -> tuple[RunSnapshot, Path | No
             store.insert_usage((u.row() for u in snap.usage), snap.date, snap.time)
             store.set_state("last_run", {"epoch": snap.epoch, "date": snap.date, "time": snap.time,
                                          **snap.cpu_state})
+            for key, value in snap.state.items():
+                store.set_state(key, value)
         _publish(store, settings)
         if settings.report_disk_usage:
             folder.start_if_due(settings, store)

@@ -15,7 +15,8 @@ from collections.abc import Iterable
 
 import psutil
 
-from .config import Partition
+from . import accounting
+from .config import CollectSettings, Partition
 from .snapshot import (
     ComputerSample,
     DiskIOSample,
@@ -94,8 +95,9 @@ _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _HAVE_PROC = os.path.exists("/proc/self/stat")
 
 
-def _read_linux(pid: int, boot_time: float) -> tuple[float, float, int, int, int | None, int | None]:
-    """create_time, cpu_time, threads, rss, io bytes and io ops of a process.
+def _read_linux(pid: int, boot_time: float) -> tuple[float, float, int, int, int | None, int | None, int, float]:
+    """create_time, cpu_time, threads, rss, io bytes, io ops, ppid and
+    children's CPU time (reaped children's cutime + cstime) of a process.
 
     Linux only: two reads (``/proc/<pid>/stat`` and ``/proc/<pid>/io``) where
     psutil's ``oneshot()`` makes four, with psutil's own formulas, so the
@@ -117,10 +119,12 @@ def _read_linux(pid: int, boot_time: float) -> tuple[float, float, int, int, int
         io_ops = int(io[b"syscr"]) + int(io[b"syscw"])
     except PermissionError:
         io_bytes = io_ops = None
-    return create_time, cpu_time, threads, rss, io_bytes, io_ops
+    return (create_time, cpu_time, threads, rss, io_bytes, io_ops, int(fields[1]),
+            (int(fields[13]) + int(fields[14])) / _CLOCK_TICKS)
 
 
-def _read_psutil(pid: int, boot_time: float) -> tuple[float, float, int, int, int | None, int | None]:
+def _read_psutil(pid: int, boot_time: float) -> tuple[float, float, int, int, int | None, int | None, int,
+                                                      float | None]:
     """The same figures through psutil, where there is no Linux /proc."""
     proc = psutil.Process(pid)
     with proc.oneshot():
@@ -130,8 +134,11 @@ def _read_psutil(pid: int, boot_time: float) -> tuple[float, float, int, int, in
             io_bytes, io_ops = io.read_bytes + io.write_bytes, io.read_count + io.write_count
         except (psutil.AccessDenied, AttributeError):
             io_bytes = io_ops = None
+        children = getattr(times, "children_user", None)
+        if children is not None:
+            children += getattr(times, "children_system", 0.0)
         return (proc.create_time(), times.user + times.system, proc.num_threads(), proc.memory_info().rss,
-                io_bytes, io_ops)
+                io_bytes, io_ops, proc.ppid(), children)
 
 
 def sample_processes(
@@ -142,8 +149,11 @@ def sample_processes(
     memory_total: int,
     max_percent: float,
     boot_time: float | None = None,
+    kin: list[tuple[int, float | None]] | None = None,
 ) -> tuple[list[ProcessSample], int, int]:
-    """Sample each process; returns (samples, vanished count, not-fully-readable count)."""
+    """Sample each process; returns (samples, vanished count, not-fully-readable count).
+
+    ``kin``, when given, gets ``(ppid, children's CPU seconds)`` of each sample, in order."""
     read = _read_linux if _HAVE_PROC else _read_psutil
     if boot_time is None:
         boot_time = psutil.boot_time()
@@ -152,7 +162,7 @@ def sample_processes(
     interval = now - previous_epoch if previous_epoch else 0.0
     for pid, label in members:
         try:
-            create_time, cpu_time, threads, rss, io_bytes, io_ops = read(pid, boot_time)
+            create_time, cpu_time, threads, rss, io_bytes, io_ops, ppid, children = read(pid, boot_time)
         except (FileNotFoundError, ProcessLookupError, psutil.NoSuchProcess):
             vanished += 1
             continue
@@ -175,6 +185,8 @@ def sample_processes(
             percent = cpu_time * 100.0 / lifetime if lifetime > 0 else 0.0
         sample.cpu_percent = round(min(max(percent, 0.0), max_percent), 2)
         samples.append(sample)
+        if kin is not None:
+            kin.append((ppid, children))
     return samples, vanished, denied
 
 
@@ -240,9 +252,14 @@ def sample_disks() -> tuple[list[DiskSample], list[DiskIOSample]]:
     return disks, io_samples
 
 
-def take(partitions: list[Partition], previous_state: dict | None, previous_cpu: dict[str, float]) -> RunSnapshot:
-    """One run's snapshot of every partition's processes, the system, the
-    computer and the disks, under one UTC stamp."""
+def take(partitions: list[Partition], previous_state: dict | None, previous_cpu: dict[str, float],
+         previous_usage: dict | None = None, settings: CollectSettings | None = None) -> RunSnapshot:
+    """One run's snapshot of every partition's processes and usage since the
+    previous run, the system, the computer and the disks, under one UTC stamp.
+
+    ``previous_usage`` is what the previous run kept for ``accounting``
+    (``collect_state`` key ``usage``); ``settings`` name cgroups and process
+    accounting."""
     now = time.time()
     stamp = time.gmtime(now)
     boot_time = psutil.boot_time()
@@ -251,9 +268,11 @@ def take(partitions: list[Partition], previous_state: dict | None, previous_cpu:
 
     members = find_processes(partitions)
     prev_epoch = previous_state.get("epoch") if previous_state else None
+    kin: list[tuple[int, float | None]] = []
     processes, vanished, denied = sample_processes(
-        members, now, previous_cpu, prev_epoch, memory.total, 100.0 * ncpu, boot_time
+        members, now, previous_cpu, prev_epoch, memory.total, 100.0 * ncpu, boot_time, kin
     )
+    usage, usage_state = accounting.compute(partitions, processes, kin, previous_usage, now, boot_time, ncpu)
 
     cpu_times = psutil.cpu_times()._asdict()
     net = psutil.net_io_counters()
@@ -287,7 +306,9 @@ def take(partitions: list[Partition], previous_state: dict | None, previous_cpu:
         computer=computer,
         disks=disks,
         disk_io=disk_io,
+        usage=usage,
         cpu_state={"boot_time": boot_time, "cpu_times": cpu_times},
+        state={accounting.STATE_KEY: usage_state},
         vanished=vanished,
         denied=denied,
     )

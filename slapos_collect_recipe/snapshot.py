@@ -148,3 +148,7 @@ class RunSnapshot:
     cpu_state: dict = field(default_factory=dict)
     vanished: int = 0
     denied: int = 0
+    # What each sampler keeps for the next run: collect_state key -> value, stored in the run's transaction.
+    state: dict = field(default_factory=dict)
+    # Bad input met while sampling (one line each): the run is stored, then the command fails with them.
+    problems: list[str] = field(default_factory=list)
