@@ -13,7 +13,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from . import config, folder, lock, sample
+from . import config, folder, lock, sample, traffic
 from .config import CollectSettings
 from .errors import CollectError
 from .snapshot import RunSnapshot
@@ -25,6 +25,7 @@ log = logging.getLogger("slapos_collect")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     config.add_common_arguments(parser)
     config.add_partition_arguments(parser)
+    config.add_network_arguments(parser)
     parser.add_argument("-v", "--verbose", action="store_true", help="log every step")
 
 
@@ -69,6 +70,7 @@ def _sample_and_store(settings: CollectSettings) -> tuple[RunSnapshot, Path | No
         previous = store.get_state("last_run")
         previous_cpu = store.process_cpu_times(previous["date"], previous["time"]) if previous else {}
         snap = sample.take(settings.partitions, previous, previous_cpu, store.get_state("usage"), settings)
+        traffic.sample_into(snap, settings, store.get_state(traffic.STATE_KEY))
         with store.transaction():
             store.insert("user", (p.row() for p in snap.processes), snap.date, snap.time)
             store.insert("system", [snap.system.row()], snap.date, snap.time)

@@ -29,7 +29,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from .config import CollectSettings
-from .snapshot import PartitionUsage
+from .snapshot import PartitionUsage, RunSnapshot
 
 log = logging.getLogger("slapos_collect")
 
@@ -64,11 +64,18 @@ class Figures:
 
 
 class Notes:
-    """Messages logged once: a message is logged when its key's text differs from the previous run's."""
+    """Messages logged once: a message is logged when its key's text differs from the previous run's.
+
+    Bad input is kept apart in ``problems``: the run is stored, then fails with them (one line each)."""
 
     def __init__(self, previous: dict[str, str] | None) -> None:
         self.previous = previous or {}
         self.current: dict[str, str] = {}
+        self.problems: list[str] = []
+
+    def problem(self, message: str) -> None:
+        if message not in self.problems:
+            self.problems.append(message)
 
     def say(self, key: str, message: str, level: int = logging.WARNING) -> None:
         if key in self.current:
@@ -94,19 +101,21 @@ def targets(settings: CollectSettings, notes: Notes) -> list[Target]:
         try:
             address = str(ipaddress.ip_address(raw.strip()))
         except ValueError:
-            notes.say(f"address:{label}:{raw}", f"{origin}: {raw!r} of partition {label} is not an IP address: "
-                      "ignored")
+            notes.problem(f"{origin} {raw!r} of partition {label} is not an IP address: ignored")
             return
         if owner.setdefault(address, label) != label:
-            notes.say(f"address:{label}:{raw}", f"{origin}: {address} of partition {label} is already "
-                      f"partition {owner[address]}'s: ignored")
+            notes.problem(f"{origin} {address} of partition {label} is already partition {owner[address]}'s: "
+                          "ignored")
         elif address not in by_label[label].addresses:
             by_label[label].addresses.append(address)
 
     def add_interface(label: str, name: str, origin: str, quiet: bool) -> None:
         if not _interface_ok(name):
-            notes.say(f"interface:{label}:{name}", f"{origin}: interface {name!r} of partition {label} does not "
-                      "exist: not measured", logging.INFO if quiet else logging.WARNING)
+            if quiet:
+                notes.say(f"interface:{label}:{name}", f"{origin}: interface {name!r} of partition {label} does "
+                          "not exist: not measured", logging.INFO)
+            else:
+                notes.problem(f"{origin} {name!r} of partition {label} does not exist: not measured")
         elif name not in by_label[label].interfaces:
             by_label[label].interfaces.append(name)
 
@@ -116,7 +125,7 @@ def targets(settings: CollectSettings, notes: Notes) -> list[Target]:
         try:
             entries = computer_xml.read(settings.computer_xml)
         except computer_xml.ComputerXmlError as exc:
-            notes.say("computer-xml", f"{exc}: its partitions' addresses and taps are not known")
+            notes.problem(f"{exc}: its partitions' addresses and taps are not known")
             entries = []
         for entry in entries:
             label = entry.user if entry.user in by_label else entry.reference
@@ -130,8 +139,8 @@ def targets(settings: CollectSettings, notes: Notes) -> list[Target]:
     for kind, given in (("address", settings.addresses), ("interface", settings.interfaces)):
         for label, values in given.items():
             if label not in by_label:
-                notes.say(f"{kind}:{label}", f"{kind} {' '.join(values)} given for {label!r}, which is not a "
-                          "collected partition: ignored")
+                notes.problem(f"{kind} {' '.join(values)} given for {label!r}, which is not a collected "
+                              "partition: ignored")
                 continue
             for value in values:
                 if kind == "address":
@@ -318,8 +327,10 @@ def _address_mechanism(settings: CollectSettings, notes: Notes) -> str | None:
     return "sockets" if mode == "sockets" else "nftables"
 
 
-def measure(settings: CollectSettings, previous: dict | None) -> tuple[dict[str, tuple[Figures | None, str]], dict]:
-    """label -> (figures or None, net_source) for every partition measured, and the state to store."""
+def measure(settings: CollectSettings, previous: dict | None
+            ) -> tuple[dict[str, tuple[Figures | None, str]], dict, list[str]]:
+    """label -> (figures or None, net_source) for every partition measured, the state to store, and the
+    bad input met (one line each)."""
     previous = previous or {}
     notes = Notes(previous.get("notes"))
     targets_ = targets(settings, notes)
@@ -359,7 +370,7 @@ def measure(settings: CollectSettings, previous: dict | None) -> tuple[dict[str,
                 total.add(figures)
         result[target.label] = (total, "+".join(name for name, _ in parts))
     state["notes"] = notes.current
-    return result, state
+    return result, state, notes.problems
 
 
 def fill(usage: Iterable[PartitionUsage], measured: dict[str, tuple[Figures | None, str]]) -> None:
@@ -374,9 +385,10 @@ def fill(usage: Iterable[PartitionUsage], measured: dict[str, tuple[Figures | No
             row.net_in_packets, row.net_out_packets = figures.in_packets, figures.out_packets
 
 
-def sample_usage(usage: list[PartitionUsage], settings: CollectSettings, previous: dict | None) -> dict:
-    """Measure and fill ``usage`` in one call; returns the state to store under ``network``."""
-    measured, state = measure(settings, previous)
-    fill(usage, measured)
-    return state
+def sample_into(snap: RunSnapshot, settings: CollectSettings, previous: dict | None) -> None:
+    """Fill the run's usage rows with the network figures; the state and the problems go to the run."""
+    measured, state, problems = measure(settings, previous)
+    fill(snap.usage, measured)
+    snap.state[STATE_KEY] = state
+    snap.problems.extend(problems)
 
