@@ -114,6 +114,7 @@ def test_install_writes_every_file(part: Path) -> None:
     assert cp["slapos-collect"]["data-dir"] == str(data_dir)
     assert cp["slapos-collect"]["keep-days"] == "9"
     assert cp["slapos-collect"]["computer-id"] == "COMP-1"
+    assert cp["slapos-collect"]["network-accounting"] == "auto"
     assert cp["monitor"]["host"] == "::1 127.0.0.1"
     assert cp["monitor"]["port"] == str(port)
     assert cp["monitor"]["secret-file"] == str(secret_file)
@@ -227,6 +228,24 @@ def test_collect_defaults_by_user_or_by_directory(tmp_path: Path) -> None:
     assert cp["slapos-collect"]["partitions"].strip() == ""
 
 
+def test_own_addresses_for_the_network_figures(part: Path) -> None:
+    """The partition's ipv4/ipv6 and the network-addresses parameter, under its label in its config."""
+    import configparser
+    import pwd
+
+    me = pwd.getpwuid(os.getuid()).pw_name
+    rec, _ = make(part, users=me, **{"network-addresses": "10.0.0.9 ::1", "network-accounting": "sockets"})
+    rec.install()
+    cp = configparser.ConfigParser(interpolation=None)
+    cp.read(part / "etc" / "slapos-collect.cfg")
+    assert cp["slapos-collect"]["addresses"].strip() == f"{me} = 127.0.0.1 ::1 10.0.0.9"
+    assert cp["slapos-collect"]["network-accounting"] == "sockets"
+    for extra, message in (({"network-addresses": "10.0.0.300"}, "not an IP address"),
+                           ({"network-accounting": "maybe"}, "network-accounting must be")):
+        with pytest.raises(zc.buildout.UserError, match=message):
+            make(part, **extra)
+
+
 def test_ipv4_only_base_url(part: Path) -> None:
     _, options = make(part, ipv6="", port="9999")
     assert options["monitor-base-url"] == "https://127.0.0.1:9999/"
@@ -235,7 +254,7 @@ def test_ipv4_only_base_url(part: Path) -> None:
 def test_validate_fills_defaults_and_refuses_bad_values() -> None:
     assert validate(SCHEMA, {}) == {
         "collect": "partition", "slapos-cfg": "/etc/opt/slapos/slapos.cfg", "keep-days": 3,
-        "collect-frequency": 1, "benchmarks": False,
+        "collect-frequency": 1, "benchmarks": False, "network-accounting": "auto", "network-addresses": "",
     }
     # A non-serialised request gives strings.
     got = validate(SCHEMA, {"keep-days": "7", "benchmarks": "true", "monitor-port": "9100"})
@@ -246,6 +265,7 @@ def test_validate_fills_defaults_and_refuses_bad_values() -> None:
         ({"collect": "all"}, "collect"),
         ({"keep-day": 3}, "keep-day"),
         ({"monitor-port": 70000}, "monitor-port"),
+        ({"network-accounting": "maybe"}, "network-accounting"),
     ]:
         with pytest.raises(ValueError, match=words):
             validate(SCHEMA, bad)
