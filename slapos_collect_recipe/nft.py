@@ -1,14 +1,17 @@
 """The collector's own nftables table: per-partition counters, nothing else.
 
 ``table inet slapos_collect`` holds two base chains (``input`` and ``output``,
-priority 300, after the usual filter and NAT chains, ``policy accept``) whose
-rules only count: per partition one named counter per direction for its
-processes (``meta skuid``, matched first; ``return`` only ends this table's
-chain, so the packet goes on exactly as without the table), then one per
-partition address and direction (``ip daddr`` in, ``ip saddr`` out). No rule
-drops, delays, marks or rewrites a packet; no other table is read or touched.
+priority 300, after the usual filter and NAT chains, ``policy accept``) of
+three rules each, which only count: a packet of a partition's process (``meta
+skuid``, matched first; ``return`` only ends this table's chain, so the packet
+goes on exactly as without the table), then one to or from a partition
+address (``ip daddr`` in, ``ip saddr`` out; IPv6 alike). Each rule names its
+counter through a map (uid or address -> named counter): one named counter
+per partition address and direction and per partition uid and direction, and
+the rules stay six whatever the number of partitions. No rule drops, delays,
+marks or rewrites a packet; no other table is read or touched.
 
-One ``nft -j list table`` per run reads every counter; a ``nft -f -``
+One ``nft -j list table`` per run reads every counter and map; a ``nft -f -``
 transaction, only when the table is missing or not what the settings ask,
 brings it up to date atomically (named counters keep their values).
 ``slapos-collect network-accounting --remove`` deletes the table.
@@ -17,31 +20,44 @@ brings it up to date atomically (named counters keep their values).
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
 import re
 import shutil
+import socket
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 TABLE = "slapos_collect"
 FAMILY = "inet"
 PRIORITY = 300
 TIMEOUT = 20
+# map -> (key type, what it is matched against); the chain's rules in order.
+MAPS = {
+    "uid_in": ("uid", "meta skuid"), "in4": ("ipv4_addr", "ip daddr"), "in6": ("ipv6_addr", "ip6 daddr"),
+    "uid_out": ("uid", "meta skuid"), "out4": ("ipv4_addr", "ip saddr"), "out6": ("ipv6_addr", "ip6 saddr"),
+}
+CHAINS = {"input": ["uid_in", "in4", "in6"], "output": ["uid_out", "out4", "out6"]}
 
 
 class NftError(Exception):
     """nft is missing or refused: the caller falls back."""
 
 
-@dataclass(frozen=True)
-class Rule:
-    chain: str  # input or output
-    match: str  # nft match expression
-    counter: str
+@dataclass
+class Layout:
+    """What the table must hold: map -> key -> counter name."""
+
+    maps: dict[str, dict[str, str]] = field(default_factory=lambda: {name: {} for name in MAPS})
+
+    @property
+    def counters(self) -> set[str]:
+        return {name for elements in self.maps.values() for name in elements.values()}
 
 
+@functools.lru_cache(maxsize=4096)
 def counter_name(label: str, direction: str, key: str) -> str:
     """A stable counter name for (partition, direction, uid or address): nft's names are plain words."""
     word = re.sub(r"[^A-Za-z0-9]", "_", label)[:40]
@@ -49,38 +65,51 @@ def counter_name(label: str, direction: str, key: str) -> str:
     return f"{word}_{direction}_{digest}"
 
 
-def build_rules(partitions: list[tuple[str, int | None, list[str]]]) -> list[Rule]:
-    """The rules for ``(label, uid, addresses)``: uid rules first, then per address.
-
-    Addresses are text, already checked; IPv6 ones contain a colon."""
-    rules: list[Rule] = []
-    for label, uid, _addresses in partitions:
-        if uid is not None:
-            for chain, direction in (("input", "in"), ("output", "out")):
-                rules.append(Rule(chain, f"meta skuid {uid}", counter_name(label, direction, f"uid{uid}")))
-    for label, _uid, addresses in partitions:
-        for address in addresses:
-            proto = "ip6" if ":" in address else "ip"
-            rules.append(Rule("input", f"{proto} daddr {address}", counter_name(label, "in", address)))
-            rules.append(Rule("output", f"{proto} saddr {address}", counter_name(label, "out", address)))
-    return rules
+def partition_counters(label: str, uid: int | None, addresses: list[str]) -> dict[str, str]:
+    """counter name -> direction (in/out), for one partition."""
+    keys = ([f"uid{uid}"] if uid is not None else []) + addresses
+    return {counter_name(label, direction, key): direction for key in keys for direction in ("in", "out")}
 
 
-def ruleset(rules: list[Rule], stale_counters: list[str]) -> str:
-    """One transaction that makes the table exactly ``rules``, keeping the counters' values."""
-    lines = [f"add table {FAMILY} {TABLE}"]
-    for chain in ("input", "output"):
-        lines.append(f"add chain {FAMILY} {TABLE} {chain} "
-                     f"{{ type filter hook {chain} priority {PRIORITY}; policy accept; }}")
-        lines.append(f"flush chain {FAMILY} {TABLE} {chain}")
-    for name in sorted({r.counter for r in rules}):
-        lines.append(f"add counter {FAMILY} {TABLE} {name}")
-    for rule in rules:
-        # Only a uid rule returns: the packet is its partition's, the address rules need not see it.
-        tail = " return" if rule.match.startswith("meta skuid") else ""
-        lines.append(f'add rule {FAMILY} {TABLE} {rule.chain} {rule.match} counter name "{rule.counter}"{tail}')
+def build_layout(partitions: list[tuple[str, int | None, list[str]]]) -> Layout:
+    """The maps for ``(label, uid, addresses)``; addresses are text, already checked and normalised."""
+    layout = Layout()
+    for label, uid, addresses in partitions:
+        for direction in ("in", "out"):
+            if uid is not None:
+                layout.maps[f"uid_{direction}"][str(uid)] = counter_name(label, direction, f"uid{uid}")
+            for address in addresses:
+                family = "6" if ":" in address else "4"
+                layout.maps[f"{direction}{family}"][address] = counter_name(label, direction, address)
+    return layout
+
+
+def ruleset(layout: Layout, stale_counters: list[str]) -> str:
+    """One transaction that makes the table exactly ``layout``, keeping the counters' values."""
+    t = f"{FAMILY} {TABLE}"
+    lines = [f"add table {t}"]
+    for chain in CHAINS:
+        lines.append(f"add chain {t} {chain} {{ type filter hook {chain} priority {PRIORITY}; policy accept; }}")
+        lines.append(f"flush chain {t} {chain}")
+    for name, (key_type, _) in MAPS.items():
+        lines.append(f"add map {t} {name} {{ type {key_type} : counter; }}")
+        lines.append(f"flush map {t} {name}")
+    for name in sorted(layout.counters):
+        lines.append(f"add counter {t} {name}")
+    for name, elements in layout.maps.items():
+        if elements:
+            lines.append(f"add element {t} {name} {{ "
+                         + ", ".join(f'{key} : "{counter}"' for key, counter in elements.items()) + " }")
+    for chain, maps in CHAINS.items():
+        for name in maps:
+            match = MAPS[name][1]
+            if name.startswith("uid"):
+                # The packet is this partition's: the address rules need not see it.
+                lines.append(f"add rule {t} {chain} {match} @{name} counter name {match} map @{name} return")
+            else:
+                lines.append(f"add rule {t} {chain} counter name {match} map @{name}")
     for name in stale_counters:
-        lines.append(f"delete counter {FAMILY} {TABLE} {name}")
+        lines.append(f"delete counter {t} {name}")
     return "\n".join(lines) + "\n"
 
 
@@ -101,15 +130,30 @@ def _first_line(text: str) -> str:
 
 @dataclass
 class Listing:
-    """What ``nft -j list table`` showed: counters and the rules' (chain, counter) pairs."""
+    """What ``nft -j list table`` showed."""
 
-    counters: dict[str, tuple[int, int]]  # name -> (packets, bytes)
-    rules: dict[str, list[str]]  # chain -> its rules' counters, in order
-    chains: set[str]
+    counters: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (packets, bytes)
+    maps: dict[str, dict[str, str]] = field(default_factory=dict)
+    rules: dict[str, list[str]] = field(default_factory=dict)  # chain -> the maps its rules count with
+    chains: set[str] = field(default_factory=set)
+
+
+def normal_address(text: str) -> str | None:
+    """An IP address in the form nft prints it (and Python's ipaddress), or None if it is not one."""
+    family = socket.AF_INET6 if ":" in text else socket.AF_INET
+    try:
+        return socket.inet_ntop(family, socket.inet_pton(family, text))
+    except (OSError, ValueError):
+        return None
+
+
+def _key(value: object) -> str:
+    text = str(value)
+    return (normal_address(text) or text) if ":" in text or "." in text else text
 
 
 def read_table() -> Listing | None:
-    """The table's counters and rules, or None when the table does not exist."""
+    """The table's counters, maps and rules, or None when the table does not exist."""
     proc = _nft(["-j", "list", "table", FAMILY, TABLE])
     if proc.returncode != 0:
         if "No such file or directory" in proc.stderr:
@@ -119,43 +163,43 @@ def read_table() -> Listing | None:
         items = json.loads(proc.stdout)["nftables"]
     except (ValueError, KeyError, TypeError):
         raise NftError("nft -j printed no JSON") from None
-    listing = Listing({}, {}, set())
+    listing = Listing()
     for item in items:
         if "counter" in item:
             c = item["counter"]
             listing.counters[c["name"]] = (int(c.get("packets", 0)), int(c.get("bytes", 0)))
+        elif "map" in item:
+            m = item["map"]
+            listing.maps[m["name"]] = {_key(k): v for k, v in (m.get("elem") or []) if isinstance(v, str)}
         elif "chain" in item:
             c = item["chain"]
             if c.get("hook") == c.get("name") and c.get("policy") == "accept" and c.get("prio") == PRIORITY:
                 listing.chains.add(c["name"])
         elif "rule" in item:
             r = item["rule"]
-            named = [e["counter"] for e in r.get("expr", []) if isinstance(e.get("counter"), str)]
-            if named:
-                listing.rules.setdefault(r["chain"], []).append(named[0])
+            for expr in r.get("expr", []):
+                counter = expr.get("counter")
+                if isinstance(counter, dict) and isinstance(counter.get("map"), dict):
+                    listing.rules.setdefault(r["chain"], []).append(str(counter["map"].get("data", "")).lstrip("@"))
     return listing
 
 
-def up_to_date(listing: Listing, rules: list[Rule]) -> bool:
-    """The table holds exactly these rules, in order, with their counters and both chains."""
-    return (listing.chains == {"input", "output"}
-            and listing.rules == chain_counters(rules)
-            and all(r.counter in listing.counters for r in rules))
+def rules_intact(listing: Listing) -> bool:
+    """Both chains hold this table's six rules."""
+    return listing.chains == set(CHAINS) and listing.rules == CHAINS
 
 
-def chain_counters(rules: list[Rule]) -> dict[str, list[str]]:
-    """chain -> the counters its rules name, in order (what a listing shows)."""
-    chains: dict[str, list[str]] = {}
-    for rule in rules:
-        chains.setdefault(rule.chain, []).append(rule.counter)
-    return chains
+def up_to_date(listing: Listing, layout: Layout) -> bool:
+    """The table holds exactly ``layout``: its rules, maps and counters."""
+    return (rules_intact(listing) and all(listing.maps.get(name, {}) == elements
+                                          for name, elements in layout.maps.items())
+            and layout.counters <= set(listing.counters))
 
 
-def apply(rules: list[Rule], listing: Listing | None) -> None:
-    """Create the table or bring it to ``rules`` in one transaction."""
-    wanted = {r.counter for r in rules}
-    stale = sorted(set(listing.counters) - wanted) if listing else []
-    proc = _nft(["-f", "-"], ruleset(rules, stale))
+def apply(layout: Layout, listing: Listing | None) -> None:
+    """Create the table or bring it to ``layout`` in one transaction."""
+    stale = sorted(set(listing.counters) - layout.counters) if listing else []
+    proc = _nft(["-f", "-"], ruleset(layout, stale))
     if proc.returncode != 0:
         raise NftError(f"nft refused the table: {_first_line(proc.stderr)}")
 

@@ -9,7 +9,6 @@ effect on the traffic. Linux only.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import socket
 import struct
@@ -36,6 +35,7 @@ _TCPI_OPTIONS = 5
 _TCPI_BYTES_ACKED = 120  # u64, then bytes_received u64, segs_out u32, segs_in u32
 _TCPI_BYTES_SENT = 200  # u64, kernel 4.19 and later (counts retransmissions)
 TCPI_OPT_TIMESTAMPS = 1
+_V4_MAPPED = b"\0" * 10 + b"\xff\xff"
 
 
 @dataclass(frozen=True)
@@ -101,11 +101,11 @@ def _parse(data: bytes, family: int, out: list[TcpSocket]) -> bool:
             continue  # listening, time-wait or request sockets: no byte counters
         sent, received, segs_out, segs_in, options = info
         if fam == socket.AF_INET:
-            local = str(ipaddress.IPv4Address(src[:4]))
+            local = socket.inet_ntop(socket.AF_INET, src[:4])
             header = 20 + 20
         else:
-            address = ipaddress.IPv6Address(src)
-            local = str(address.ipv4_mapped or address)
+            mapped = src[:12] == _V4_MAPPED
+            local = socket.inet_ntop(socket.AF_INET, src[12:]) if mapped else socket.inet_ntop(socket.AF_INET6, src)
             header = 40 + 20
         if options & TCPI_OPT_TIMESTAMPS:
             header += 12

@@ -22,13 +22,14 @@ they appear or change, never every minute, and never fail the run.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from .config import CollectSettings
+from .nft import normal_address
 from .snapshot import PartitionUsage, RunSnapshot
 
 log = logging.getLogger("slapos_collect")
@@ -98,9 +99,8 @@ def targets(settings: CollectSettings, notes: Notes) -> list[Target]:
     owner: dict[str, str] = {}  # address -> label
 
     def add_address(label: str, raw: str, origin: str) -> None:
-        try:
-            address = str(ipaddress.ip_address(raw.strip()))
-        except ValueError:
+        address = normal_address(raw.strip())
+        if address is None:
             notes.problem(f"{origin} {raw!r} of partition {label} is not an IP address: ignored")
             return
         if owner.setdefault(address, label) != label:
@@ -152,18 +152,39 @@ def targets(settings: CollectSettings, notes: Notes) -> list[Target]:
 
 # -- interfaces --------------------------------------------------------------
 
-def _read_interface(name: str) -> list[int] | None:
-    """[ifindex, type, rx_bytes, rx_packets, tx_bytes, tx_packets], or None when it vanished."""
-    base = os.path.join(SYS_NET, name)
-    values = []
+def _interface_counters() -> dict[str, tuple[int, int, int, int]]:
+    """name -> (rx_bytes, rx_packets, tx_bytes, tx_packets) of every interface, from one read of /proc/net/dev."""
+    counters: dict[str, tuple[int, int, int, int]] = {}
     try:
-        for item in ("ifindex", "type", "statistics/rx_bytes", "statistics/rx_packets",
-                     "statistics/tx_bytes", "statistics/tx_packets"):
-            with open(os.path.join(base, item), "rb") as handle:
-                values.append(int(handle.read()))
+        with open("/proc/net/dev", "rb") as handle:
+            lines = handle.read().decode("ascii", "replace").splitlines()[2:]
+    except OSError:
+        return counters
+    for line in lines:
+        name, _, values = line.partition(":")
+        fields = values.split()
+        if len(fields) >= 10:
+            counters[name.strip()] = (int(fields[0]), int(fields[1]), int(fields[8]), int(fields[9]))
+    return counters
+
+
+def _read_interface(name: str, counters: dict[str, tuple[int, int, int, int]], previous: list[int] | None
+                    ) -> list[int] | None:
+    """[ifindex, type, rx_bytes, rx_packets, tx_bytes, tx_packets], or None when it vanished.
+
+    The type is read once per interface index (from ``previous`` afterwards)."""
+    if name not in counters:
+        return None
+    try:
+        index = socket.if_nametoindex(name)
+        if isinstance(previous, list) and len(previous) == 6 and previous[0] == index:
+            kind = previous[1]
+        else:
+            with open(os.path.join(SYS_NET, name, "type"), "rb") as handle:
+                kind = int(handle.read())
     except (OSError, ValueError):
         return None
-    return values
+    return [index, kind, *counters[name]]
 
 
 def _interface_figures(now: list[int], before: list[int] | None) -> Figures | None:
@@ -185,12 +206,13 @@ def measure_interfaces(targets_: list[Target], previous: dict, notes: Notes
     """label -> figures of its interfaces (None: unknown this interval), and the new state."""
     state: dict[str, list[int]] = {}
     result: dict[str, Figures | None] = {}
+    counters = _interface_counters() if any(t.interfaces for t in targets_) else {}
     for target in targets_:
         if not target.interfaces:
             continue
         total: Figures | None = Figures()
         for name in target.interfaces:
-            now = _read_interface(name)
+            now = _read_interface(name, counters, previous.get(name))
             if now is None:
                 notes.say(f"interface:{target.label}:{name}", f"interface {name} of partition {target.label} "
                           "vanished: not measured")
@@ -216,67 +238,54 @@ def measure_nftables(targets_: list[Target], previous: dict | None, notes: Notes
     from . import nft
 
     wanted = [t for t in targets_ if t.uid is not None or t.addresses]
-    rules = nft.build_rules([(t.label, t.uid, t.addresses) for t in wanted])
+    layout = nft.build_layout([(t.label, t.uid, t.addresses) for t in wanted])
     listing = nft.read_table()
     prev_counters: dict[str, list[int]] = (previous or {}).get("counters", {})
-    prev_rules = (previous or {}).get("rules")
+    prev_maps: dict[str, dict[str, str]] | None = (previous or {}).get("maps")
+    table = f"{nft.FAMILY} {nft.TABLE}"
     # Counters whose previous value is a valid baseline for this interval.
     valid: set[str]
     if listing is None:
-        if prev_rules is not None:
-            notes.say("nft-table", f"table {nft.FAMILY} {nft.TABLE} was missing (deleted?): re-created; "
-                      "this interval is unknown")
+        if prev_maps is not None:
+            notes.say("nft-table", f"table {table} was missing (deleted?): re-created; this interval is unknown")
         else:
-            log.info("network: created table %s %s", nft.FAMILY, nft.TABLE)
-        nft.apply(rules, None)
-        current = {r.counter: (0, 0) for r in rules}
+            log.info("network: created table %s", table)
+        nft.apply(layout, None)
+        current = {name: (0, 0) for name in layout.counters}
         valid = set()
     else:
         current = dict(listing.counters)
         valid = set(current) & set(prev_counters)
-        if not nft.up_to_date(listing, rules):
-            if listing.rules != prev_rules or listing.chains != {"input", "output"}:
-                notes.say("nft-table", f"table {nft.FAMILY} {nft.TABLE} was changed by someone else (flushed?): "
-                          "restored; this interval is unknown")
+        if not nft.up_to_date(listing, layout):
+            intact = prev_maps is not None and nft.rules_intact(listing) and all(
+                listing.maps.get(name, {}) == elements for name, elements in prev_maps.items())
+            if prev_maps is None:
+                log.info("network: table %s brought up to date (no previous state)", table)
+            elif not intact:
+                notes.say("nft-table", f"table {table} was changed by someone else (flushed?): restored; "
+                          "this interval is unknown")
                 valid = set()
             else:
-                log.info("network: table %s %s brought up to date (%d partitions)", nft.FAMILY, nft.TABLE,
-                         len(wanted))
-            nft.apply(rules, listing)
-            for rule in rules:
-                current.setdefault(rule.counter, (0, 0))
-            current = {name: current[name] for name in {r.counter for r in rules}}
+                log.info("network: table %s brought up to date (%d partitions)", table, len(wanted))
+            nft.apply(layout, listing)
+            current = {name: current.get(name, (0, 0)) for name in layout.counters}
     result: dict[str, Figures | None] = {}
     for target in wanted:
         total: Figures | None = Figures()
-        for name, direction in _counters_of(target).items():
+        for name, direction in nft.partition_counters(target.label, target.uid, target.addresses).items():
             packets, size = current[name]
             before = prev_counters.get(name)
-            if total is None or name not in valid or before is None or packets < before[0] or size < before[1]:
-                total = None
+            if total is None or name not in valid or not isinstance(before, list) or len(before) != 2 \
+                    or packets < before[0] or size < before[1]:
+                total = None  # new, re-created or reset counter: a new baseline
                 continue
-            part = Figures()
             if direction == "in":
-                part.in_bytes, part.in_packets = size - before[1], packets - before[0]
+                total.add(Figures(in_bytes=size - before[1], in_packets=packets - before[0]))
             else:
-                part.out_bytes, part.out_packets = size - before[1], packets - before[0]
-            total.add(part)
+                total.add(Figures(out_bytes=size - before[1], out_packets=packets - before[0]))
         result[target.label] = total
-    state = {"counters": {name: list(value) for name, value in current.items()},
-             "rules": nft.chain_counters(rules)}
+    state = {"counters": {name: list(value) for name, value in current.items()}, "maps": layout.maps}
     return result, state
-
-
-def _counters_of(target: Target) -> dict[str, str]:
-    """counter name -> direction, for one partition's rules."""
-    from . import nft
-
-    names = {}
-    keys = ([f"uid{target.uid}"] if target.uid is not None else []) + target.addresses
-    for key in keys:
-        for direction in ("in", "out"):
-            names[nft.counter_name(target.label, direction, key)] = direction
-    return names
 
 
 # -- addresses: sockets --------------------------------------------------------

@@ -372,8 +372,8 @@ def test_partitions_added_and_removed_keep_the_others_measured(net, users, serve
     assert_close(rows[users[0].pw_name]["net_in_bytes"], MB, "kept through the change")
     assert rows[users[1].pw_name]["net_in_bytes"] is None, "new partition: no baseline yet"
     collect(net, data_dir, *one)
-    listing = nft_counter_names(net)
-    assert listing and all(name.startswith(users[0].pw_name) for name in listing)
+    names = nft_counter_names(net)
+    assert len(names) == 4 and all(name.startswith(users[0].pw_name) for name in names)
 
 
 def nft_counter_names(net: Net) -> list[str]:
@@ -631,15 +631,18 @@ def test_computer_xml_reader(tmp_path) -> None:
 
 def test_the_table_only_counts() -> None:
     """What the collector asks nft for: counters, accept policies, return; no verdict that drops or changes."""
-    rules = nft.build_rules([("slapuser0", 1000, ["10.0.0.2", "2001:db8::2"]), ("dir", None, ["10.0.0.3"])])
-    text = nft.ruleset(rules, ["old_in_0123456789"])
-    assert "policy accept" in text
-    for word in ("drop", "reject", "queue", "mark set", "limit", "nat", "redirect", "jump", "goto", "accept;" * 0):
-        if word:
-            assert word not in text.replace("policy accept;", ""), word
+    layout = nft.build_layout([("slapuser0", 1000, ["10.0.0.2", "2001:db8::2"]), ("dir", None, ["10.0.0.3"])])
+    text = nft.ruleset(layout, ["old_in_0123456789"])
+    assert text.count("policy accept;") == 2
+    for word in ("drop", "reject", "queue", "mark", "limit", "nat", "redirect", "jump", "goto", "dup", "fwd",
+                 "set ", "accept"):
+        assert word not in text.replace("policy accept;", ""), word
     assert text.count("return") == 2  # the two uid rules
+    assert text.count("add rule") == 6  # whatever the number of partitions
+    assert len(layout.counters) == 2 * 3 + 2 * 1
     assert "delete counter inet slapos_collect old_in_0123456789" in text
-    assert "table inet slapos_collect" in text and text.count("add table") == 1
+    # Every statement names the collector's own table, and only it.
+    assert all(line.split()[2:4] == ["inet", "slapos_collect"] for line in text.splitlines())
 
 
 def test_sock_diag_sees_a_local_connection() -> None:
