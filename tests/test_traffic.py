@@ -9,6 +9,7 @@ addresses assigned inside these namespaces are used; nothing leaves them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -193,16 +194,23 @@ def users(net):
             subprocess.run(["userdel", name], capture_output=True)
 
 
-@pytest.fixture(scope="module")
-def server(net):
-    proc = subprocess.Popen(net.peer_cmd(sys.executable, str(net.scripts / "server.py"), net.peer4, net.peer6,
-                                         str(net.port)), stdout=subprocess.PIPE, text=True)
+@contextlib.contextmanager
+def serving(cmd: list[str]):
+    """The test server started by ``cmd``, once it listens; killed at the end."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "ready"
         yield proc
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(net):
+    with serving(net.peer_cmd(sys.executable, str(net.scripts / "server.py"), net.peer4, net.peer6,
+                              str(net.port))) as proc:
+        yield proc
 
 
 @pytest.fixture
@@ -220,10 +228,12 @@ def _python() -> str:
     return other_user_runtime().python
 
 
-def workload(net: Net, user: pwd.struct_passwd, *specs: str) -> None:
-    """Run the client as ``user`` in the node namespace; specs are SOURCE,HOST,D|U,BYTES."""
-    proc = subprocess.run(net.node_cmd(*_as_user(user, _python(), str(net.scripts / "client.py"), str(net.port),
-                                                 *specs)), capture_output=True, text=True, timeout=60)
+def workload(net: Net, user: pwd.struct_passwd | None, *specs: str, port: int | None = None) -> None:
+    """Run the client as ``user`` in the node namespace (None: as root in the peer namespace); specs are
+    SOURCE,HOST,D|U,BYTES."""
+    client = [str(net.scripts / "client.py"), str(port or net.port), *specs]
+    cmd = net.peer_cmd(sys.executable, *client) if user is None else net.node_cmd(*_as_user(user, _python(), *client))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "done" in proc.stdout, proc.stderr
 
 
@@ -401,21 +411,12 @@ def test_loopback_between_partitions_counts_once_per_side(net, users, table, dat
     """Partition 1 serves on its address, partition 0 downloads from it over loopback: 0's in is 1's out."""
     args = ("--user", users[0].pw_name, "--user", users[1].pw_name,
             "--address", f"{users[0].pw_name}={net.part4[0]}", "--address", f"{users[1].pw_name}={net.part4[1]}")
-    port = str(net.port + 1)
-    serve = subprocess.Popen(net.node_cmd(*_as_user(users[1], _python(), str(net.scripts / "server.py"),
-                                                    net.part4[1], net.part6[1], port)),
-                             stdout=subprocess.PIPE, text=True)
-    try:
-        assert serve.stdout.readline().strip() == "ready"
+    port = net.port + 1
+    with serving(net.node_cmd(*_as_user(users[1], _python(), str(net.scripts / "server.py"), net.part4[1],
+                                        net.part6[1], str(port)))):
         collect(net, data_dir, *args)
-        proc = subprocess.run(net.node_cmd(*_as_user(users[0], _python(), str(net.scripts / "client.py"), port,
-                                                     f"{net.part4[0]},{net.part4[1]},D,{2 * MB}")),
-                              capture_output=True, text=True, timeout=60)
-        assert proc.returncode == 0, proc.stderr
+        workload(net, users[0], f"{net.part4[0]},{net.part4[1]},D,{2 * MB}", port=port)
         collect(net, data_dir, *args)
-    finally:
-        serve.kill()
-        serve.wait()
     rows = last_rows(data_dir)
     client, served = rows[users[0].pw_name], rows[users[1].pw_name]
     assert_close(client["net_in_bytes"], 2 * MB, "client in")
@@ -433,21 +434,12 @@ def test_interface_of_a_virtual_machine(net, data_dir, tmp_path) -> None:
     """The node's veth end is the partition's tap; the peer namespace is the machine behind it. What it
     downloads from a server of the node is the partition's incoming traffic."""
     port = net.port + 2
-    serve = subprocess.Popen(net.node_cmd(sys.executable, str(net.scripts / "server.py"), net.host4, "::1",
-                                          str(port)), stdout=subprocess.PIPE, text=True)
     args = ("--partition", f"vm={tmp_path}", "--interface", f"vm={net.node_if}", "--network-accounting", "no")
-    try:
-        assert serve.stdout.readline().strip() == "ready"
+    with serving(net.node_cmd(sys.executable, str(net.scripts / "server.py"), net.host4, "::1", str(port))):
         collect(net, data_dir, *args)
         assert last_rows(data_dir)["vm"]["net_in_bytes"] is None
-        proc = subprocess.run(net.peer_cmd(sys.executable, str(net.scripts / "client.py"), str(port),
-                                           f"{net.peer4},{net.host4},D,{4 * MB}", f"{net.peer4},{net.host4},U,{MB}"),
-                              capture_output=True, text=True, timeout=60)
-        assert proc.returncode == 0, proc.stderr
+        workload(net, None, f"{net.peer4},{net.host4},D,{4 * MB}", f"{net.peer4},{net.host4},U,{MB}", port=port)
         collect(net, data_dir, *args)
-    finally:
-        serve.kill()
-        serve.wait()
     row = last_rows(data_dir)["vm"]
     assert row["net_source"] == "interface"
     assert_close(row["net_in_bytes"], 4 * MB, "into the machine")
