@@ -240,8 +240,8 @@ def measure_nftables(targets_: list[Target], previous: dict | None, notes: Notes
     wanted = [t for t in targets_ if t.uid is not None or t.addresses]
     layout = nft.build_layout([(t.label, t.uid, t.addresses) for t in wanted])
     listing = nft.read_table()
-    prev_counters: dict[str, list[int]] = (previous or {}).get("counters", {})
-    prev_maps: dict[str, dict[str, str]] | None = (previous or {}).get("maps")
+    prev_counters: dict[str, list[int]] = _section(previous, "counters") or {}
+    prev_maps: dict[str, dict[str, str]] | None = _section(previous, "maps")
     table = f"{nft.FAMILY} {nft.TABLE}"
     # Counters whose previous value is a valid baseline for this interval.
     valid: set[str]
@@ -297,8 +297,9 @@ def measure_sockets(targets_: list[Target], previous: dict | None) -> tuple[dict
     by_uid = {t.uid: t.label for t in targets_ if t.uid is not None}
     by_address = {a: t.label for t in targets_ for a in t.addresses}
     wanted = [t.label for t in targets_ if t.uid is not None or t.addresses]
-    prev_sockets: dict[str, list] = (previous or {}).get("sockets", {})
-    prev_labels = set((previous or {}).get("labels", [])) if previous else set()
+    prev_sockets: dict[str, list] = _section(previous, "sockets") or {}
+    labels = (previous or {}).get("labels")
+    prev_labels = set(labels) if isinstance(labels, list) and previous else set()
     totals = {label: Figures() for label in wanted}
     state: dict[str, list] = {}
     for sock in sockdiag.tcp_sockets():
@@ -323,6 +324,12 @@ def measure_sockets(targets_: list[Target], previous: dict | None) -> tuple[dict
     return result, {"sockets": state, "labels": wanted}
 
 
+def _section(state: dict | None, key: str) -> dict | None:
+    """A dict kept by the previous run, or None when missing or not what this version writes."""
+    value = state.get(key) if isinstance(state, dict) else None
+    return value if isinstance(value, dict) else None
+
+
 # -- one run -------------------------------------------------------------------
 
 def _address_mechanism(settings: CollectSettings, notes: Notes) -> str | None:
@@ -340,24 +347,24 @@ def measure(settings: CollectSettings, previous: dict | None
             ) -> tuple[dict[str, tuple[Figures | None, str]], dict, list[str]]:
     """label -> (figures or None, net_source) for every partition measured, the state to store, and the
     bad input met (one line each)."""
-    previous = previous or {}
-    notes = Notes(previous.get("notes"))
+    previous = previous if isinstance(previous, dict) else {}
+    notes = Notes(_section(previous, "notes"))
     targets_ = targets(settings, notes)
     state: dict = {}
-    iface, state["interfaces"] = measure_interfaces(targets_, previous.get("interfaces") or {}, notes)
+    iface, state["interfaces"] = measure_interfaces(targets_, _section(previous, "interfaces") or {}, notes)
     addresses: dict[str, Figures | None] = {}
     mechanism = _address_mechanism(settings, notes)
     if mechanism == "nftables":
         from . import nft
 
         try:
-            addresses, state["nftables"] = measure_nftables(targets_, previous.get("nftables"), notes)
+            addresses, state["nftables"] = measure_nftables(targets_, _section(previous, "nftables"), notes)
         except nft.NftError as exc:
             notes.say("mechanism", f"nftables unusable ({exc}): per-address traffic from the live TCP sockets")
             mechanism = "sockets"
     if mechanism == "sockets":
         try:
-            addresses, state["sockets"] = measure_sockets(targets_, previous.get("sockets"))
+            addresses, state["sockets"] = measure_sockets(targets_, _section(previous, "sockets"))
         except OSError as exc:
             notes.say("mechanism", f"the kernel refuses socket diagnostics ({exc}): per-address traffic "
                       "not measured")

@@ -656,3 +656,19 @@ def test_sock_diag_sees_a_local_connection() -> None:
                          and s.uid == os.getuid() and (s.bytes_sent == 100_000 or s.bytes_received == 100_000)]
     assert len(found) >= 2, (found, ports)
     assert all(s.segs_in > 0 and s.segs_out > 0 and s.header >= 40 for s in found)
+
+
+def test_state_of_another_shape_is_a_new_baseline(tmp_path) -> None:
+    """Whatever the previous run left (or a damaged state), a run measures and never fails: unknown, then known."""
+    from slapos_collect_recipe import traffic
+    from slapos_collect_recipe.config import CollectSettings, Partition
+
+    settings = CollectSettings(data_dir=tmp_path, partitions=[Partition("me", uid=os.getuid())],
+                               network_accounting="sockets", interfaces={"me": ["lo"]})
+    for garbage in (None, [], {"interfaces": [1], "sockets": "x", "notes": 3},
+                    {"interfaces": {"lo": "x"}, "sockets": {"sockets": {"1": 5}, "labels": "me"}}):
+        measured, state, problems = traffic.measure(settings, garbage)
+        assert measured["me"] == (None, "interface+sockets") and problems == []
+    measured, _, _ = traffic.measure(settings, state)
+    figures, source = measured["me"]
+    assert figures is not None and figures.in_bytes >= 0 and source == "interface+sockets"
