@@ -123,6 +123,14 @@ def main() -> int:
         print("bench_collect needs root (the original collector refuses to run otherwise)", file=sys.stderr)
         return 1
     ensure_users()
+    # Ours runs as root: it switches process accounting on (auto) into its data dir; put it back after.
+    from slapos_collect_recipe import pacct
+
+    with pacct.restored():
+        return _main()
+
+
+def _main() -> int:
     original_python = original.python()
     bin_dir = original.ours_venv()
     env = dict(os.environ, PATH=os.environ.get("PATH", "") + ":/usr/bin:/usr/sbin")

@@ -13,9 +13,12 @@ in ``collect_state`` under ``usage``. Per partition the CPU of the interval is:
   times), so a child seen by a run and reaped later is never counted twice.
   A process reaped outside the partition (a daemon re-parented to init, a
   service reaped by the node's supervisord) is missed after its last run.
-- ``acct``: growth of each live process's own time, plus each kernel
-  accounting record of the partition's user appended since the previous run:
-  the ended process's total minus what the last run had seen of it.
+- ``acct``: as ``children``, plus each kernel accounting record of the
+  partition's user appended since the previous run for a process reaped
+  outside the partition (its parent at exit is not a live process of the
+  partition, nor one reaped inside it): its total minus what the last run had
+  seen of its own time. Children's times are finer than the records (whole
+  1/100 s per process, truncated), so they stay in use where they see.
 - ``cgroup-v2`` / ``cgroup-v1``: the growth of the cgroup's CPU counter.
 - ``live``: growth of each live process's own time only (no children's
   times where /proc is missing).
@@ -45,7 +48,7 @@ _START_SLACK = 1.0
 _LONG_GAP = 3600.0
 
 # Indexes of an entry of ``state["procs"]``: what a run saw of one process.
-_LABEL, _PID, _PPID, _CPU, _CHILD, _IO_B, _IO_OPS = range(7)
+_LABEL, _PID, _PPID, _CPU, _CHILD, _IO_B, _IO_OPS, _THREADS = range(8)
 
 
 @dataclass
@@ -54,6 +57,7 @@ class Ended:
 
     uid: int
     pid: int
+    ppid: int  # its parent when it ended: the process that reaps it
     btime: float  # start, epoch seconds (whole seconds)
     cpu: float  # user + system seconds of the whole process
     elapsed: float  # seconds
@@ -69,25 +73,6 @@ class Override:
     io_ops: int | None = None
 
 
-def _reaped_inside(entry: list, label: str, prev: dict[str, list], by_pid: dict[int, str],
-                   current: dict) -> bool:
-    """Whether an ended process was reaped by a process of its partition: its
-    parent at the last run, or that parent's parent when the parent ended too,
-    is alive now (same identity) in the same partition."""
-    ppid = entry[_PPID]
-    for _ in range(64):
-        key = by_pid.get(ppid)
-        if key is None:
-            return False
-        parent = prev[key]
-        if parent[_LABEL] != label:
-            return False
-        if key in current:
-            return True
-        ppid = parent[_PPID]
-    return False
-
-
 def compute(
     partitions: Iterable[Partition],
     samples: list[ProcessSample],
@@ -100,13 +85,15 @@ def compute(
     ended_records: list[Ended] | None = None,
     uids: dict[str, int] | None = None,
     overrides: dict[str, Override] | None = None,
+    uptime: float | None = None,
 ) -> tuple[list[PartitionUsage], dict]:
     """Each partition's usage since the previous run, and the state the next run needs.
 
     ``kin[i]`` is ``(ppid, children's CPU seconds or None)`` of ``samples[i]``.
     ``ended_records``, when given, are the accounting records appended since
     the previous run; the partitions named in ``uids`` (label -> uid) take
-    their ended processes' CPU from them. ``overrides`` hold what cgroups gave."""
+    their ended processes' CPU from them. ``overrides`` hold what cgroups gave.
+    ``uptime`` is the boot clock at ``now`` (CLOCK_BOOTTIME), to place a record's end."""
     labels = [p.label for p in partitions]
     overrides = overrides or {}
     uids = uids or {}
@@ -141,17 +128,19 @@ def compute(
     for sample, (ppid, child) in zip(samples, kin, strict=True):
         label = sample.partition
         key = sample.process
-        current[key] = entry = [label, sample.pid, ppid, sample.cpu_time, child, sample.io_rw_bytes, sample.io_ops]
+        current[key] = [label, sample.pid, ppid, sample.cpu_time, child, sample.io_rw_bytes,
+                        sample.io_ops, sample.num_threads]
         count[label] += 1
         rss[label] += sample.memory_rss
         if sample.io_rw_bytes is not None:
             io_known.add(label)
         if child is None:
             no_children.add(label)
-        if started_after is None:
-            continue
-        before = None if reboot else prev_procs.get(key)
-        if before is not None:
+        before = None if reboot or started_after is None else prev_procs.get(key)
+        if before is None:
+            if started_after is None:
+                continue
+        else:
             d_cpu = sample.cpu_time - before[_CPU]
             d_child = (child - before[_CHILD]) if child is not None and before[_CHILD] is not None else 0.0
             if d_cpu < 0 or d_child < 0:
@@ -161,7 +150,7 @@ def compute(
             if sample.io_rw_bytes is not None and before[_IO_B] is not None:
                 io_b[label] += max(sample.io_rw_bytes - before[_IO_B], 0)
                 io_ops[label] += max(sample.io_ops - before[_IO_OPS], 0)
-        elif sample.create_time >= started_after:
+        if before is None and sample.create_time >= started_after:
             # Started since the previous run: all of it is in the interval.
             own[label] += sample.cpu_time
             children[label] += child or 0.0
@@ -174,34 +163,28 @@ def compute(
         log.info("%d processes' CPU counters went down since the previous run: counted from their new value",
                  went_down)
 
-    # Processes of the previous run that are gone.
+    # Processes of the previous run that are gone, and those the accounting
+    # records say ended (started since, or gone).
     gone = [key for key in prev_procs if key not in current]
-    last_own: dict[tuple[str, int], list[tuple[float, float]]] = {}
-    if gone and not reboot:
-        by_pid = {entry[_PID]: key for key, entry in prev_procs.items()}
-        for key in gone:
-            entry = prev_procs[key]
-            label = entry[_LABEL]
-            if label not in ended:
-                continue  # a partition no longer configured
-            ended[label] += 1
-            # The creation time is the identity's second half ("pid-create").
-            last_own.setdefault((label, entry[_PID]), []).append(
-                (float(key.rpartition("-")[2]), entry[_CPU]))
-            if _reaped_inside(entry, label, prev_procs, by_pid, current):
-                children[label] -= entry[_CPU] + (entry[_CHILD] or 0.0)
-                if entry[_IO_B] is not None:
-                    io_b[label] -= entry[_IO_B]
-                    io_ops[label] -= entry[_IO_OPS] or 0
-    elif gone:
+    records = ended_records if ended_records is not None and interval > 0 else None
+    from_acct: dict[str, float] = {}
+    if records is not None:
+        from_acct = dict.fromkeys((label for label in uids if label in ended), 0.0)
+    if reboot:
         for key in gone:
             label = prev_procs[key][_LABEL]
             if label in ended:
                 ended[label] += 1
-
-    from_acct: dict[str, float] = {}
-    if ended_records is not None and interval > 0:
-        from_acct = _ended_cpu(ended_records, uids, last_own, ended, prev_epoch, interval)
+    elif gone or records:
+        for label, sub_cpu, sub_io_b, sub_io_ops, acct_cpu, count_ended in _settle_ended(
+                gone, prev_procs, current, records, uids, set(labels), prev_epoch or now, interval,
+                boot_time, previous.get("uptime") if previous else None):
+            children[label] -= sub_cpu
+            io_b[label] -= sub_io_b
+            io_ops[label] -= sub_io_ops
+            ended[label] += count_ended
+            if label in from_acct:
+                from_acct[label] += acct_cpu
 
     usage: list[PartitionUsage] = []
     max_cpu = ncpu * interval
@@ -210,7 +193,7 @@ def compute(
         if override is not None and override.cpu is not None:
             cpu, source = override.cpu, override.source
         elif label in from_acct:
-            cpu, source = own[label] + from_acct[label], "acct"
+            cpu, source = own[label] + max(children[label], 0.0) + from_acct[label], "acct"
         elif label in no_children:
             cpu, source = own[label], "live"
         else:
@@ -236,34 +219,160 @@ def compute(
             processes=count[label], ended=ended[label], memory_rss=rss[label],
             io_rw_counter=rw, io_cycles_counter=ops, source=source,
         ))
-    state = {"epoch": now, "boot_time": boot_time, "procs": current}
+    state = {"epoch": now, "boot_time": boot_time, "uptime": uptime, "procs": current}
     return usage, state
 
 
-def _ended_cpu(records: list[Ended], uids: dict[str, int], last_own: dict[tuple[str, int], list[tuple[float, float]]],
-               ended: dict[str, int], prev_epoch: float, interval: float) -> dict[str, float]:
-    """CPU seconds of the accounting records per partition (those in ``uids``):
-    each ended process's total minus what the last run saw of its own time."""
+def _settle_ended(gone: list[str], prev: dict[str, list], current: dict[str, list], records: list[Ended] | None,
+                  uids: dict[str, int], labels: set[str], prev_epoch: float, interval: float,
+                  boot_time: float, prev_uptime: float | None):
+    """Per partition: what to take off the children's times and IO growth (ended
+    processes the partition reaped, as the last run saw them), the CPU the
+    accounting records add (ended processes reaped outside the partition), and
+    the count of ended processes. Yields one tuple per partition concerned.
+
+    A process was reaped inside when its parent at exit (the record's, else
+    the one the last run saw) is alive in the partition now, or ended too and
+    was itself reaped inside."""
     by_uid = {uid: label for label, uid in uids.items()}
-    cpu = dict.fromkeys(uids, 0.0)
-    for record in records:
-        label = by_uid.get(record.uid)
-        if label is None:
-            continue
-        seen = None
-        for i, (create, cpu_seen) in enumerate(last_own.get((label, record.pid), ())):
-            if abs(create - record.btime) <= 2.0:
-                seen = cpu_seen
-                del last_own[(label, record.pid)][i]
+    # node: [label, ppid, entry or None, record or None]
+    nodes: list[list] = []
+    by_pid: dict[tuple[str, int], list[list]] = {}
+    seen: dict[tuple[str, int], list[list]] = {}
+    for key in gone:
+        entry = prev[key]
+        if entry[_LABEL] not in labels:
+            continue  # a partition no longer configured
+        node = [entry[_LABEL], entry[_PPID], entry, None, float(key.rpartition("-")[2])]
+        nodes.append(node)
+        seen.setdefault((entry[_LABEL], entry[_PID]), []).append(node)
+    live: set[tuple[str, int]] = {(entry[_LABEL], entry[_PID]) for entry in current.values()}
+    if records:
+        alive: dict[tuple[str, int], list[float]] = {}
+        for key, entry in current.items():
+            if entry[_LABEL] in uids:
+                alive.setdefault((entry[_LABEL], entry[_PID]), []).append(float(key.rpartition("-")[2]))
+        for record in records:
+            label = by_uid.get(record.uid)
+            if label is None:
+                continue
+            where = (label, record.pid)
+            if any(abs(create - record.btime) <= 2.0 for create in alive.get(where, ())):
+                continue  # a zombie still listed: it ends for us when it is reaped
+            for node in seen.get(where, ()):
+                if node[3] is None and abs(node[4] - record.btime) <= 2.0:
+                    node[3] = record
+                    node[1] = record.ppid  # its parent at exit: the one that reaps it
+                    break
+            else:
+                nodes.append([label, record.ppid, None, record, record.btime])
+    for node in nodes:
+        by_pid.setdefault((node[0], node[2][_PID] if node[2] else node[3].pid), []).append(node)
+
+    inside: dict[int, bool] = {}
+
+    def reaped_inside(node: list) -> bool:
+        chain = []
+        result = False
+        while True:
+            known = inside.get(id(node))
+            if known is not None:
+                result = known
                 break
-        if seen is not None:
-            cpu[label] += max(record.cpu - seen, 0.0)
-        else:
-            ended[label] += 1  # started and ended between the two runs
-            if record.btime >= prev_epoch - 2.0 or record.elapsed <= 0:
-                cpu[label] += record.cpu
+            if len(chain) > 64 or node in chain:
+                break
+            chain.append(node)
+            where = (node[0], node[1])
+            if where in live:
+                result = True
+                break
+            parents = by_pid.get(where)
+            if not parents:
+                break
+            node = parents[0]
+        for link in chain:
+            inside[id(link)] = result
+        return result
+
+    totals: dict[str, list] = {}
+    for node in nodes:
+        label, _, entry, record, start = node
+        total = totals.setdefault(label, [0.0, 0, 0, 0.0, 0])
+        total[4] += 1
+        if reaped_inside(node):
+            if entry is not None:
+                total[0] += entry[_CPU] + (entry[_CHILD] or 0.0)
+                if entry[_IO_B] is not None:
+                    total[1] += entry[_IO_B]
+                    total[2] += entry[_IO_OPS] or 0
+        elif record is not None:
+            if entry is not None:
+                total[3] += _tail(record, entry, start - boot_time, prev_uptime)
+            elif start >= prev_epoch - 2.0 or record.elapsed <= 0:
+                total[3] += record.cpu
             else:
                 # Never seen alive, yet older than the previous run (its user
                 # changed since): only the interval's share of its total.
-                cpu[label] += record.cpu * min(1.0, interval / record.elapsed)
-    return cpu
+                total[3] += record.cpu * min(1.0, interval / record.elapsed)
+    for label, (sub_cpu, sub_io_b, sub_io_ops, acct_cpu, count) in totals.items():
+        yield label, sub_cpu, sub_io_b, sub_io_ops, acct_cpu, count
+
+
+def _tail(record: Ended, entry: list, started: float, prev_uptime: float | None) -> float:
+    """CPU of a process reaped outside the partition between the last run that
+    saw it and its end.
+
+    The record's times are the kernel's tick samples (where the kernel counts
+    CPU time by ticks, CONFIG_TICK_CPU_ACCOUNTING), which on a busy machine
+    stray from the process's real run time (what /proc shows) by several
+    percent of its whole life, all of which lands in this tail. So the tail
+    is never more than the time it still lived times its threads
+    (``started`` and the uptimes are on the boot clock)."""
+    raw = max(record.cpu - entry[_CPU], 0.0)
+    if prev_uptime is None or record.elapsed <= 0:
+        return raw
+    lived = max(started + record.elapsed - prev_uptime, 0.0)
+    log.debug("pid %d ended outside its partition: %.2f s after the last run by its record, lived %.2f s more",
+              record.pid, raw, lived)
+    return min(raw, lived * max(entry[_THREADS] or 1, 1))
+
+
+def cgroup_overrides(cgroups: dict[str, str], previous: dict | None, reboot: bool,
+                     problems: list[str]) -> tuple[dict[str, Override], dict]:
+    """Each configured cgroup's CPU and IO growth since the previous run, and
+    the counters the next run needs. A cgroup seen for the first time (or
+    under another path) gives no figure yet (``cpu`` None: the processes'
+    mechanism is used for that interval); a counter that went down (cgroup
+    recreated, reboot) counts from zero."""
+    from .cgroup import CgroupError, read_usage
+
+    previous = previous or {}
+    overrides: dict[str, Override] = {}
+    state: dict[str, dict] = {}
+    for label, path in cgroups.items():
+        try:
+            reading = read_usage(path)
+        except CgroupError as exc:
+            problems.append(f"partition {label}: {exc}; its processes are counted instead")
+            continue
+        state[label] = {"path": path, "cpu": reading.cpu_usec, "io": [reading.io_bytes, reading.io_ops]}
+        before = previous.get(label)
+        if not before or before.get("path") != path:
+            overrides[label] = Override(reading.kind, None)
+            continue
+        cpu = reading.cpu_usec - before["cpu"]
+        if cpu < 0 or reboot:
+            if not reboot:
+                log.info("partition %s: cgroup %s CPU counter went down (recreated?): counted from zero",
+                         label, path)
+            cpu = reading.cpu_usec
+        io_bytes = io_ops = None
+        prev_io = before.get("io") or [None, None]
+        if reading.io_bytes is not None and prev_io[0] is not None and not reboot:
+            io_bytes, io_ops = reading.io_bytes - prev_io[0], reading.io_ops - prev_io[1]
+            if io_bytes < 0 or io_ops < 0:
+                io_bytes, io_ops = reading.io_bytes, reading.io_ops
+        elif reading.io_bytes is not None and reboot:
+            io_bytes, io_ops = reading.io_bytes, reading.io_ops
+        overrides[label] = Override(reading.kind, cpu / 1e6, io_bytes, io_ops)
+    return overrides, state

@@ -20,6 +20,7 @@ from .errors import CollectError
 SECTION = "slapos-collect"
 DEFAULT_KEEP_DAYS = 3
 DEFAULT_FOLDER_CYCLE = 86400
+ACCOUNTING_MODES = ("auto", "yes", "no")
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,9 @@ class CollectSettings:
     interfaces: dict[str, list[str]] = field(default_factory=dict)
     network_accounting: str = "auto"
     computer_xml: str | None = None
+    # Partition accounting (issue 11): label -> cgroup directory; acct(2) auto|yes|no.
+    cgroups: dict[str, str] = field(default_factory=dict)
+    process_accounting: str = "auto"
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,6 +70,12 @@ def add_partition_arguments(parser: argparse.ArgumentParser) -> None:
                         help="one partition per directory, for partitions sharing a user (repeatable)")
     parser.add_argument("--slapos-cfg", metavar="FILE",
                         help="collect every partition of a SlapOS node described by its slapos.cfg")
+    parser.add_argument("--cgroup", action="append", default=[], metavar="LABEL=PATH",
+                        help="the cgroup directory holding partition LABEL's processes, read for exact "
+                             "CPU and IO (repeatable; never changed)")
+    parser.add_argument("--process-accounting", choices=ACCOUNTING_MODES, default=None,
+                        help="kernel process accounting for the CPU of ended processes: auto (on when "
+                             "root, the default), yes, no")
 
 
 NETWORK_ACCOUNTING = ("auto", "nftables", "sockets", "no")
@@ -280,6 +290,12 @@ def collect_settings(args: argparse.Namespace) -> CollectSettings:
         report_disk_usage=get_bool(cp, section, "report-disk-usage", default_report),
         computer_id=cp.get(section, "computer-id", fallback="").strip() or (node.computer_id if node else ""),
     )
+    settings.cgroups = cgroup_settings(args, cp, {p.label for p in partitions})
+    mode = getattr(args, "process_accounting", None) or cp.get(section, "process-accounting", fallback="").strip()
+    mode = (mode or "auto").lower()
+    if mode not in ACCOUNTING_MODES:
+        raise CollectError(f"process-accounting must be auto, yes or no, not {mode!r}")
+    settings.process_accounting = mode
     _network_settings(settings, args, cp, node)
     return settings
 
@@ -299,6 +315,28 @@ def _network_settings(settings: CollectSettings, args: argparse.Namespace, cp: c
                            f"not {mode!r}")
     settings.network_accounting = mode or "auto"
     settings.computer_xml = node.computer_xml if node else None
+
+
+def cgroup_settings(args: argparse.Namespace, cp: configparser.ConfigParser, labels: set[str]) -> dict[str, str]:
+    """``--cgroup LABEL=PATH`` flags, else the ``cgroups`` key (``LABEL = PATH`` per line).
+
+    Only the syntax is checked here; whether PATH is a readable cgroup is
+    checked at each run (a bad one is reported, the run still stored)."""
+    specs = list(getattr(args, "cgroup", []) or []) or [
+        line.strip() for line in cp.get(SECTION, "cgroups", fallback="").splitlines() if line.strip()
+    ]
+    cgroups: dict[str, str] = {}
+    for spec in specs:
+        label, sep, path = spec.partition("=")
+        label, path = label.strip(), path.strip()
+        if not sep or not label or not path:
+            raise CollectError(f"cgroup {spec!r} must be LABEL=PATH")
+        if label not in labels:
+            raise CollectError(f"cgroup {spec!r}: no partition is labelled {label!r}")
+        if label in cgroups:
+            raise CollectError(f"cgroup of partition {label!r} is given twice")
+        cgroups[label] = str(Path(path).expanduser().absolute())
+    return cgroups
 
 
 def setup_logging(log_file: str | None, verbose: bool = False, long_running: bool = False) -> None:

@@ -148,6 +148,21 @@ class Recipe:
             label, sep, path = spec.partition("=")
             if not sep or not label.strip() or not os.path.isabs(path.strip()):
                 raise zc.buildout.UserError(f"option partitions: {spec!r} must be LABEL=/absolute/path")
+        # Partition accounting: cgroups to read (LABEL = /path per line; ``cgroup`` is this
+        # partition's own) and kernel process accounting.
+        self.cgroups: list[str] = []
+        for spec in (line.strip() for line in get("cgroups", "").splitlines() if line.strip()):
+            label, sep, path = spec.partition("=")
+            if not sep or not label.strip() or not os.path.isabs(path.strip()):
+                raise zc.buildout.UserError(f"option cgroups: {spec!r} must be LABEL = /absolute/path")
+            self.cgroups.append(f"{label.strip()} = {path.strip()}")
+        own_cgroup = get("cgroup", "").strip()
+        if own_cgroup and not os.path.isabs(own_cgroup):
+            raise zc.buildout.UserError(f"option cgroup must be an absolute path, not {own_cgroup!r}")
+        self.process_accounting = get("process-accounting", "").strip() or "auto"
+        if self.process_accounting not in ("auto", "yes", "no"):
+            raise zc.buildout.UserError(
+                f"option process-accounting must be auto, yes or no, not {self.process_accounting!r}")
         slapos_cfg = get("slapos-cfg", "").strip() or "/etc/opt/slapos/slapos.cfg"
         self.slapos_cfg = ""
         if collect == "node":
@@ -164,6 +179,12 @@ class Recipe:
                 self.users = [pwd.getpwuid(os.getuid()).pw_name]
             else:
                 self.partitions = [f"{self.reference}={root}"]
+        if own_cgroup:
+            if collect == "node" or len(self.users) + len(self.partitions) != 1:
+                raise zc.buildout.UserError("option cgroup names the cgroup of this partition alone: "
+                                            "use cgroups (LABEL = /path per line) for several")
+            label = self.users[0] if self.users else self.partitions[0].partition("=")[0].strip()
+            self.cgroups.append(f"{label} = {own_cgroup}")
 
         # The slapmonitor: addresses, port, secret.
         self.ipv6 = get("ipv6", "").split()
@@ -341,6 +362,8 @@ class Recipe:
             data_dir=self.data_dir,
             users=" ".join(self.users),
             partitions="".join(f"\n  {spec}" for spec in self.partitions),
+            cgroups="".join(f"\n  {spec}" for spec in self.cgroups),
+            process_accounting=self.process_accounting,
             slapos_cfg=self.slapos_cfg,
             keep_days=self.keep_days,
             computer_id=self.computer_id,

@@ -252,6 +252,38 @@ def sample_disks() -> tuple[list[DiskSample], list[DiskIOSample]]:
     return disks, io_samples
 
 
+def _usage(partitions: list[Partition], processes: list[ProcessSample], kin: list[tuple[int, float | None]],
+           previous: dict | None, now: float, uptime: float, boot_time: float, ncpu: int,
+           settings: CollectSettings | None) -> tuple[list, dict, list[str]]:
+    """``partition_usage`` rows with the most exact mechanism each partition has
+    (cgroup, process accounting, children's times), the state to keep, and the
+    bad input met."""
+    problems: list[str] = []
+    previous = previous or {}
+    reboot = bool(previous) and previous.get("boot_time") != boot_time
+    overrides: dict = {}
+    cgroup_state: dict = {}
+    cgroups = getattr(settings, "cgroups", None) or {}
+    if cgroups:
+        overrides, cgroup_state = accounting.cgroup_overrides(cgroups, previous.get("cgroups"), reboot, problems)
+    records = acct_state = None
+    uids: dict[str, int] = {}
+    if settings is not None and _HAVE_PROC:
+        from . import pacct
+
+        records, acct_state = pacct.read_ended(settings.data_dir, settings.process_accounting,
+                                               previous.get("acct"), problems)
+        if records is not None:
+            uids = {p.label: p.uid for p in partitions if p.uid is not None}
+    usage, state = accounting.compute(partitions, processes, kin, previous or None, now, boot_time, ncpu,
+                                      ended_records=records, uids=uids, overrides=overrides, uptime=uptime)
+    if cgroup_state:
+        state["cgroups"] = cgroup_state
+    if acct_state:
+        state["acct"] = acct_state
+    return usage, state, problems
+
+
 def take(partitions: list[Partition], previous_state: dict | None, previous_cpu: dict[str, float],
          previous_usage: dict | None = None, settings: CollectSettings | None = None) -> RunSnapshot:
     """One run's snapshot of every partition's processes and usage since the
@@ -261,6 +293,7 @@ def take(partitions: list[Partition], previous_state: dict | None, previous_cpu:
     (``collect_state`` key ``usage``); ``settings`` name cgroups and process
     accounting."""
     now = time.time()
+    uptime = time.clock_gettime(time.CLOCK_BOOTTIME) if hasattr(time, "CLOCK_BOOTTIME") else 0.0
     stamp = time.gmtime(now)
     boot_time = psutil.boot_time()
     memory = psutil.virtual_memory()
@@ -272,7 +305,8 @@ def take(partitions: list[Partition], previous_state: dict | None, previous_cpu:
     processes, vanished, denied = sample_processes(
         members, now, previous_cpu, prev_epoch, memory.total, 100.0 * ncpu, boot_time, kin
     )
-    usage, usage_state = accounting.compute(partitions, processes, kin, previous_usage, now, boot_time, ncpu)
+    usage, usage_state, problems = _usage(partitions, processes, kin, previous_usage, now, uptime, boot_time,
+                                          ncpu, settings)
 
     cpu_times = psutil.cpu_times()._asdict()
     net = psutil.net_io_counters()
@@ -309,6 +343,7 @@ def take(partitions: list[Partition], previous_state: dict | None, previous_cpu:
         usage=usage,
         cpu_state={"boot_time": boot_time, "cpu_times": cpu_times},
         state={accounting.STATE_KEY: usage_state},
+        problems=problems,
         vanished=vanished,
         denied=denied,
     )

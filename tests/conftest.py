@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -46,3 +48,21 @@ def _no_leftover_network_table():
     yield
     if not before and present():
         subprocess.run([nft, "delete", "table", "inet", "slapos_collect"], capture_output=True)
+
+
+def accounting_restored() -> contextlib.AbstractContextManager[None]:
+    """Kernel process accounting switched back, even on failure, to what it was
+    before. A root ``collect`` switches accounting on into its data dir
+    (process-accounting = auto), which a test's temporary dir must not keep."""
+    from slapos_collect_recipe import pacct
+
+    return pacct.restored()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _process_accounting_restored() -> Iterator[None]:
+    if os.geteuid() != 0:
+        yield
+        return
+    with accounting_restored():
+        yield

@@ -5,6 +5,7 @@ tests/test_buildout.py runs them through the real buildout.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import socket
@@ -61,6 +62,10 @@ def part(tmp_path: Path) -> Path:
     ({"partitions": "justalabel"}, "must be LABEL=/absolute/path"),
     ({"collect": "node", "slapos-cfg": "slapos.cfg"}, "slapos-cfg must be an absolute path"),
     ({"partition-reference": "a b"}, "partition-reference"),
+    ({"cgroups": "slappart0 = relative/dir"}, "must be LABEL = /absolute/path"),
+    ({"cgroup": "sys/fs/cgroup"}, "cgroup must be an absolute path"),
+    ({"cgroup": "/sys/fs/cgroup/x", "collect": "node"}, "cgroup names the cgroup of this partition alone"),
+    ({"process-accounting": "sometimes"}, "process-accounting must be auto, yes or no"),
 ])
 def test_bad_options_are_refused_in_init(part: Path, extra: dict, message: str) -> None:
     with pytest.raises(zc.buildout.UserError, match=message):
@@ -246,6 +251,33 @@ def test_own_addresses_for_the_network_figures(part: Path) -> None:
             make(part, **extra)
 
 
+def test_cgroups_and_accounting_reach_the_config(tmp_path: Path) -> None:
+    """The recipe only writes them: whether a path is a cgroup is checked by each run."""
+    import configparser
+
+    from slapos_collect_recipe import config
+
+    root = tmp_path / "slappart0"
+    root.mkdir()
+    rec, _ = make(root, **{"collect-by": "directory", "cgroup": "/sys/fs/cgroup/unified/slappart0",
+                           "process-accounting": "no"})
+    rec.install()
+    cp = configparser.ConfigParser(interpolation=None)
+    cp.read(root / "etc" / "slapos-collect.cfg")
+    assert cp["slapos-collect"]["cgroups"].strip() == "slappart0 = /sys/fs/cgroup/unified/slappart0"
+    assert cp["slapos-collect"]["process-accounting"] == "no"
+    args = argparse.Namespace(config=str(root / "etc" / "slapos-collect.cfg"), data_dir=str(tmp_path / "d"))
+    settings = config.collect_settings(args)
+    assert settings.cgroups == {"slappart0": "/sys/fs/cgroup/unified/slappart0"}
+    assert settings.process_accounting == "no"
+    rec, _ = make(root, collect="node", cgroups="slapuser0 = /sys/fs/cgroup/a\nslapuser1 = /sys/fs/cgroup/b")
+    rec.install()
+    cp.read(root / "etc" / "slapos-collect.cfg")
+    assert cp["slapos-collect"]["cgroups"].split("\n")[1:] == ["slapuser0 = /sys/fs/cgroup/a",
+                                                               "slapuser1 = /sys/fs/cgroup/b"]
+    assert cp["slapos-collect"]["process-accounting"] == "auto"
+
+
 def test_ipv4_only_base_url(part: Path) -> None:
     _, options = make(part, ipv6="", port="9999")
     assert options["monitor-base-url"] == "https://127.0.0.1:9999/"
@@ -254,7 +286,8 @@ def test_ipv4_only_base_url(part: Path) -> None:
 def test_validate_fills_defaults_and_refuses_bad_values() -> None:
     assert validate(SCHEMA, {}) == {
         "collect": "partition", "slapos-cfg": "/etc/opt/slapos/slapos.cfg", "keep-days": 3,
-        "collect-frequency": 1, "benchmarks": False, "network-accounting": "auto", "network-addresses": "",
+        "collect-frequency": 1, "benchmarks": False, "process-accounting": "auto",
+        "network-accounting": "auto", "network-addresses": "",
     }
     # A non-serialised request gives strings.
     got = validate(SCHEMA, {"keep-days": "7", "benchmarks": "true", "monitor-port": "9100"})
