@@ -313,8 +313,9 @@ def xml_partition(i: int, user: pwd.struct_passwd, addresses: list[str], tap: st
 def test_nftables_partition_figures_from_the_computer_xml(net, users, server, table, tmp_path, data_dir) -> None:
     """A partition's process, as its own user and bound to its addresses, downloads and uploads over IPv4
     and IPv6: its figures are the payload plus headers; the other partition's stay 0."""
+    # The second partition's tap was never created (a node without taps): skipped without a word.
     cfg = node_files(tmp_path, users, [xml_partition(0, users[0], [net.part4[0], net.part6[0]]),
-                                       xml_partition(1, users[1], [net.part4[1], net.part6[1]])])
+                                       xml_partition(1, users[1], [net.part4[1], net.part6[1]], tap="scnnotap1")])
     args = ("--slapos-cfg", str(cfg))
     first = collect(net, data_dir, *args)
     rows = last_rows(data_dir)
@@ -425,6 +426,38 @@ def test_loopback_between_partitions_counts_once_per_side(net, users, table, dat
     # kernel splits between the sender's output and the receiver's input.
     for one, other in (("net_in_bytes", "net_out_bytes"), ("net_out_bytes", "net_in_bytes")):
         assert abs(client[one] - served[other]) <= 0.01 * served[other] + 2000, (one, client[one], served[other])
+
+
+@needs_nft
+def test_without_net_admin_nft_refuses_and_the_sockets_take_over(net, users, server, table, data_dir) -> None:
+    """Root without CAP_NET_ADMIN (a container, say): nft is refused by the kernel; the run falls back, says it
+    once, and still measures."""
+    me = users[0]
+    args = ("--user", me.pw_name, "--address", f"{me.pw_name}={net.part4[0]}", "--log-file", str(data_dir / "log"))
+    cmd = net.node_cmd("setpriv", "--bounding-set=-net_admin", "--inh-caps=-net_admin", str(SCRIPTS / "slapos-collect"),
+                       "collect", "--data-dir", str(data_dir), *args)
+    client = subprocess.Popen(net.node_cmd(*_as_user(me, _python(), str(net.scripts / "client.py"), str(net.port),
+                                                     "--hold", net.part4[0], net.peer4)),
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        hold_send(client, "D 1000")
+        for _ in range(2):
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+            assert proc.returncode == 0, proc.stderr
+            hold_send(client, f"D {MB}")
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+    finally:
+        client.stdin.write("quit\n")
+        client.stdin.close()
+        client.wait(timeout=30)
+    row = last_rows(data_dir)[me.pw_name]
+    assert row["net_source"] == "sockets"
+    assert_close(row["net_in_bytes"], MB, "sockets after the fallback")
+    log = (data_dir / "log").read_text()
+    assert log.count("nftables unusable") == 1, log
+    tables = subprocess.run(net.node_cmd("nft", "list", "tables"), capture_output=True, text=True).stdout
+    assert "slapos_collect" not in tables
 
 
 # -- interface ------------------------------------------------------------------------------------------
