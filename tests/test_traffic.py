@@ -273,6 +273,7 @@ def counters(data_dir: Path) -> dict[str, sqlite3.Row]:
 def assert_close(measured: int | None, payload: int, what: str) -> None:
     """IP bytes: at least the payload, at most the payload plus its headers and a little slack."""
     assert measured is not None, f"{what}: NULL"
+    print(f"{what}: {measured:.0f} IP bytes for {payload} of payload ({measured / payload:.4f})")
     assert payload <= measured <= payload * HEADROOM + SLACK, f"{what}: {measured} for a payload of {payload}"
 
 
