@@ -238,6 +238,8 @@ def measure_nftables(targets_: list[Target], previous: dict | None, notes: Notes
     from . import nft
 
     wanted = [t for t in targets_ if t.uid is not None or t.addresses]
+    if not wanted:
+        return {}, {}  # nothing to count by uid or address: no table
     layout = nft.build_layout([(t.label, t.uid, t.addresses) for t in wanted])
     listing = nft.read_table()
     prev_counters: dict[str, list[int]] = _section(previous, "counters") or {}
@@ -385,6 +387,8 @@ def measure(settings: CollectSettings, previous: dict | None
             else:
                 total.add(figures)
         result[target.label] = (total, "+".join(name for name, _ in parts))
+    if "mechanism" in notes.previous and "mechanism" not in notes.current and mechanism:
+        log.info("network: per-address traffic from %s again", mechanism)
     state["notes"] = notes.current
     return result, state, notes.problems
 
