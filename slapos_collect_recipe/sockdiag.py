@@ -9,6 +9,7 @@ effect on the traffic. Linux only.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import struct
@@ -35,6 +36,7 @@ _TCPI_OPTIONS = 5
 _TCPI_BYTES_ACKED = 120  # u64, then bytes_received u64, segs_out u32, segs_in u32
 _TCPI_BYTES_SENT = 200  # u64, kernel 4.19 and later (counts retransmissions)
 TCPI_OPT_TIMESTAMPS = 1
+_NO_FAMILY = (errno.ENOENT, errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT)
 _V4_MAPPED = b"\0" * 10 + b"\xff\xff"
 
 
@@ -80,9 +82,9 @@ def _parse(data: bytes, family: int, out: list[TcpSocket]) -> bool:
         if kind == NLMSG_DONE:
             return True
         if kind == NLMSG_ERROR:
-            errno = -struct.unpack_from("=i", data, body)[0]
-            if errno:
-                raise OSError(errno, f"sock_diag: {os.strerror(errno)}")
+            code = -struct.unpack_from("=i", data, body)[0]
+            if code:
+                raise OSError(code, f"sock_diag: {os.strerror(code)}")
             continue
         if kind != SOCK_DIAG_BY_FAMILY or end - body < _MSG.size:
             continue
@@ -125,6 +127,11 @@ def tcp_sockets(families: tuple[int, ...] = (socket.AF_INET, socket.AF_INET6)) -
                                 0, 0, b"", b"", 0, b"\xff" * 8)
             nl.send(_NLMSG.pack(_NLMSG.size + len(request), SOCK_DIAG_BY_FAMILY,
                                 NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + request)
-            while not _parse(nl.recv(1 << 20), family, found):
-                pass
+            try:
+                while not _parse(nl.recv(1 << 20), family, found):
+                    pass
+            except OSError as exc:
+                # A kernel without IPv6 has no IPv6 sockets to show; anything else is a refusal.
+                if family != socket.AF_INET6 or exc.errno not in _NO_FAMILY:
+                    raise
     return found

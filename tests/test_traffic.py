@@ -479,6 +479,19 @@ def test_interface_of_a_virtual_machine(net, data_dir, tmp_path) -> None:
     assert_close(row["net_in_bytes"], 4 * MB, "into the machine")
     assert_close(row["net_out_bytes"], MB, "out of the machine")
 
+    # With an address of its own too, the partition's figures add both parts.
+    both = ("--partition", f"vm={tmp_path}", "--interface", f"vm={net.node_if}", "--address", f"vm={net.part4[1]}")
+    with serving(net.node_cmd(sys.executable, str(net.scripts / "server.py"), net.part4[1], "::1", str(port))):
+        collect(net, data_dir, *both)
+        workload(net, None, f"{net.peer4},{net.part4[1]},D,{MB}", port=port)
+        collect(net, data_dir, *both)
+    row = last_rows(data_dir)["vm"]
+    assert row["net_source"] == "interface+nftables"
+    # The machine's download crosses the interface; the server's answer is sent from the partition's address.
+    assert_close(row["net_in_bytes"], MB, "into the machine")
+    assert_close(row["net_out_bytes"], MB, "from the partition's address")
+    subprocess.run(net.node_cmd("nft", "delete", "table", "inet", "slapos_collect"), capture_output=True)
+
     # Re-created interface: a new baseline, that interval unknown.
     _sh("ip", "-n", net.node, "link", "del", net.node_if)
     try:
