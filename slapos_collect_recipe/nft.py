@@ -138,18 +138,14 @@ class Listing:
     chains: set[str] = field(default_factory=set)
 
 
-def normal_address(text: str) -> str | None:
-    """An IP address in the form nft prints it (and Python's ipaddress), or None if it is not one."""
+def _key(value: object) -> str:
+    """A map key as the layout writes it: nft prints addresses as inet_ntop does, uids as numbers."""
+    text = str(value)
     family = socket.AF_INET6 if ":" in text else socket.AF_INET
     try:
         return socket.inet_ntop(family, socket.inet_pton(family, text))
     except (OSError, ValueError):
-        return None
-
-
-def _key(value: object) -> str:
-    text = str(value)
-    return (normal_address(text) or text) if ":" in text or "." in text else text
+        return text
 
 
 def read_table() -> Listing | None:

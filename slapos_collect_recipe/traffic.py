@@ -29,7 +29,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from .config import CollectSettings
-from .nft import normal_address
 from .snapshot import PartitionUsage, RunSnapshot
 
 log = logging.getLogger("slapos_collect")
@@ -87,6 +86,15 @@ class Notes:
 
 
 # -- where a partition's traffic is recognised ------------------------------
+
+def normal_address(text: str) -> str | None:
+    """An IP address in the form nft prints it (inet_ntop's), or None if it is not one."""
+    family = socket.AF_INET6 if ":" in text else socket.AF_INET
+    try:
+        return socket.inet_ntop(family, socket.inet_pton(family, text))
+    except (OSError, ValueError):
+        return None
+
 
 def _interface_ok(name: str) -> bool:
     return bool(name) and "/" not in name and name not in (".", "..") and len(name) <= 15 \
