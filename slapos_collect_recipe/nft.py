@@ -119,7 +119,9 @@ def _nft(args: list[str], stdin: str | None = None) -> subprocess.CompletedProce
     if binary is None:
         raise NftError("the nft command is not installed")
     try:
-        return subprocess.run([binary, *args], input=stdin, capture_output=True, text=True, timeout=TIMEOUT)
+        # Messages in English: "No such file or directory" tells a missing table.
+        return subprocess.run([binary, *args], input=stdin, capture_output=True, text=True, timeout=TIMEOUT,
+                              env={**os.environ, "LC_ALL": "C"})
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise NftError(f"nft did not run: {exc}") from None
 
@@ -159,6 +161,13 @@ def read_table() -> Listing | None:
         items = json.loads(proc.stdout)["nftables"]
     except (ValueError, KeyError, TypeError):
         raise NftError("nft -j printed no JSON") from None
+    try:
+        return _listing(items)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise NftError(f"nft -j printed a table this version does not read ({exc!r})") from None
+
+
+def _listing(items: list[dict]) -> Listing:
     listing = Listing()
     for item in items:
         if "counter" in item:
