@@ -439,21 +439,14 @@ def test_without_net_admin_nft_refuses_and_the_sockets_take_over(net, users, ser
     args = ("--user", me.pw_name, "--address", f"{me.pw_name}={net.part4[0]}", "--log-file", str(data_dir / "log"))
     cmd = net.node_cmd("setpriv", "--bounding-set=-net_admin", "--inh-caps=-net_admin", str(SCRIPTS / "slapos-collect"),
                        "collect", "--data-dir", str(data_dir), *args)
-    client = subprocess.Popen(net.node_cmd(*_as_user(me, _python(), str(net.scripts / "client.py"), str(net.port),
-                                                     "--hold", net.part4[0], net.peer4)),
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        hold_send(client, "D 1000")
+    with held_connection(net, me, net.part4[0]) as send:
+        send("D 1000")
         for _ in range(2):
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
             assert proc.returncode == 0, proc.stderr
-            hold_send(client, f"D {MB}")
+            send(f"D {MB}")
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, proc.stderr
-    finally:
-        client.stdin.write("quit\n")
-        client.stdin.close()
-        client.wait(timeout=30)
     row = last_rows(data_dir)[me.pw_name]
     assert row["net_source"] == "sockets"
     assert_close(row["net_in_bytes"], MB, "sockets after the fallback")
@@ -547,22 +540,15 @@ def test_sockets_without_root_against_a_long_lived_connection(net, users, server
     data_dir = user_data_dir
     me = users[0]
     args = ("--user", me.pw_name, "--address", f"{me.pw_name}={net.part4[0]}")
-    client = subprocess.Popen(net.node_cmd(*_as_user(me, _python(), str(net.scripts / "client.py"), str(net.port),
-                                                     "--hold", net.part4[0], net.peer4)),
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
+    with held_connection(net, me, net.part4[0]) as send:
         # The connection exists (and has moved some bytes) before the first run.
-        hold_send(client, f"D {MB}")
+        send(f"D {MB}")
         collect(net, data_dir, *args, "--log-file", str(data_dir / "log"), as_user=me)
         first = last_rows(data_dir)[me.pw_name]
         assert first["net_source"] == "sockets" and first["net_in_bytes"] is None
-        hold_send(client, f"D {3 * MB}")
-        hold_send(client, f"U {MB}")
+        send(f"D {3 * MB}")
+        send(f"U {MB}")
         collect(net, data_dir, *args, "--log-file", str(data_dir / "log"), as_user=me)
-    finally:
-        client.stdin.write("quit\n")
-        client.stdin.close()
-        client.wait(timeout=30)
     row = last_rows(data_dir)[me.pw_name]
     assert row["net_source"] == "sockets"
     assert_close(row["net_in_bytes"], 3 * MB, "socket in")
@@ -570,10 +556,25 @@ def test_sockets_without_root_against_a_long_lived_connection(net, users, server
     assert "not root" in (data_dir / "log").read_text()
 
 
-def hold_send(client: subprocess.Popen, command: str) -> None:
-    client.stdin.write(command + "\n")
-    client.stdin.flush()
-    assert client.stdout.readline().strip() == "done"
+@contextlib.contextmanager
+def held_connection(net: Net, user: pwd.struct_passwd, source: str):
+    """One connection of ``user``'s process from ``source`` to the peer, living across collector runs;
+    yields a function sending one request on it ("D n" or "U n") and waiting for its end."""
+    client = subprocess.Popen(net.node_cmd(*_as_user(user, _python(), str(net.scripts / "client.py"), str(net.port),
+                                                     "--hold", source, net.peer4)),
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def send(command: str) -> None:
+        client.stdin.write(command + "\n")
+        client.stdin.flush()
+        assert client.stdout.readline().strip() == "done"
+
+    try:
+        yield send
+    finally:
+        client.stdin.write("quit\n")
+        client.stdin.close()
+        client.wait(timeout=30)
 
 
 @needs_nft
