@@ -4,6 +4,7 @@ benchmarks/bench_accuracy.py (ground truth = the processes' own getrusage)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -11,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -253,6 +255,28 @@ def run_workload(kind: str, user: str, python: str, scratch: Path, collectors: l
 
 # What the "io" workload writes: jobs x write calls x bytes per call.
 IO_JOBS, IO_WRITES, IO_BLOCK = 20, 100, 4096
+
+
+@contextlib.contextmanager
+def own_cgroup(root: str) -> Iterator[tuple[str | None, str | None]]:
+    """``(path, None)`` of a new cgroup under ``root`` (a v2 or v1 hierarchy), removed on
+    leaving once its processes are gone; ``(None, reason)`` when it cannot be made."""
+    path = os.path.join(root, f"slapos-collect-test-{os.getpid()}")
+    try:
+        os.mkdir(path)
+    except OSError as exc:
+        yield None, f"cannot create a cgroup under {root}: {exc.strerror}"
+        return
+    try:
+        yield path, None
+    finally:
+        # The kernel frees a cgroup a moment after its last process exits.
+        for _ in range(50):
+            try:
+                os.rmdir(path)
+                break
+            except OSError:
+                time.sleep(0.1)
 
 
 def collect_command() -> list[str]:
