@@ -47,18 +47,6 @@ FLOOR = textwrap.dedent("""
     assert out
 """)
 
-ORIGINAL = textwrap.dedent("""
-    import configparser, logging, sys
-    from slapos.collect import do_collect
-    conf = configparser.ConfigParser()
-    conf.read_dict({"slapos": {"instance_root": sys.argv[1], "computer_id": "COMP-BENCH"},
-                    "slapformat": {"partition_amount": "3", "user_base_name": "slapuser",
-                                   "partition_base_name": "slappart"},
-                    # Folder sizes are measured apart (in the background) by ours: leave them out of both.
-                    "collect": {"report_disk_usage": "False"}})
-    logging.basicConfig(level=logging.ERROR)
-    do_collect(logging.getLogger("collect"), conf)
-""")
 
 
 def ensure_users() -> None:
@@ -153,7 +141,7 @@ def _main() -> int:
                 floor = median_of([measure([str(bin_dir / "python"), "-c", FLOOR, str(pid_file)]) for _ in range(REPEAT)])
                 root = tmp / "original"
                 (root / "var" / "run").mkdir(parents=True)
-                orig = measure([str(original_python), "-c", ORIGINAL, str(root)], env=env)
+                orig = measure([str(original_python), "-c", original.COLLECT, str(root), str(len(USERS))], env=env)
                 ours_bytes = bytes_per_user_row(ours_dir / "collector.db")
                 sampled = sampled_processes(ours_dir / "collector.db")
                 if sampled < n:

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 CACHE = Path(os.environ.get("SLAPOS_COLLECT_BENCH_CACHE", Path.home() / ".cache" / "slapos-collect-bench"))
@@ -49,3 +50,20 @@ def ours_venv() -> Path:
                     "--force-reinstall", "--no-cache-dir", str(root)], check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return venv / "bin"
+
+
+# One run of the original for the users slapuser0..N-1 (arguments: instance root, N, and
+# optionally another user base name than slapuser). Folder sizes are measured apart (in the
+# background) by ours: left out of both.
+COLLECT = textwrap.dedent("""
+    import configparser, logging, sys
+    from slapos.collect import do_collect
+    conf = configparser.ConfigParser()
+    conf.read_dict({"slapos": {"instance_root": sys.argv[1], "computer_id": "COMP-BENCH"},
+                    "slapformat": {"partition_amount": sys.argv[2],
+                                   "user_base_name": sys.argv[3] if len(sys.argv) > 3 else "slapuser",
+                                   "partition_base_name": "slappart"},
+                    "collect": {"report_disk_usage": "False"}})
+    logging.basicConfig(level=logging.ERROR)
+    do_collect(logging.getLogger("collect"), conf)
+""")

@@ -73,6 +73,15 @@ class Override:
     io_ops: int | None = None
 
 
+def rebooted(previous: dict, boot_time: float, uptime: float | None) -> bool:
+    """Whether the machine rebooted since the run that kept ``previous``: the boot
+    clock went back; else (no clock kept) the boot time moved by more than the
+    second or so a stepped wall clock moves it."""
+    if uptime is not None and previous.get("uptime") is not None:
+        return uptime < previous["uptime"]
+    return abs((previous.get("boot_time") or 0.0) - boot_time) > 2.0
+
+
 def compute(
     partitions: Iterable[Partition],
     samples: list[ProcessSample],
@@ -99,12 +108,20 @@ def compute(
     uids = uids or {}
     prev_procs: dict[str, list] = {}
     prev_epoch = None
+    reboot = False
     if previous:
         prev_epoch = previous.get("epoch")
-        if previous.get("boot_time") != boot_time:
-            log.info("the machine rebooted since the previous run: processes of the previous boot counted as ended")
         prev_procs = previous.get("procs") or {}
-    reboot = bool(previous) and previous.get("boot_time") != boot_time
+        reboot = rebooted(previous, boot_time, uptime)
+        if reboot:
+            log.info("the machine rebooted since the previous run: processes of the previous boot counted as ended")
+    if previous and "partitions" in previous:
+        known = set(previous["partitions"])
+        for label in labels:
+            if label not in known:
+                log.info("partition %s is new: its processes count from this run", label)
+        for label in sorted(known - set(labels)):
+            log.info("partition %s is no longer collected", label)
     interval = now - prev_epoch if prev_epoch else 0.0
     if interval < 0:
         log.warning("the clock went back %.0f s since the previous run: this run counts no CPU", -interval)
@@ -219,7 +236,7 @@ def compute(
             processes=count[label], ended=ended[label], memory_rss=rss[label],
             io_rw_counter=rw, io_cycles_counter=ops, source=source,
         ))
-    state = {"epoch": now, "boot_time": boot_time, "uptime": uptime, "procs": current}
+    state = {"epoch": now, "boot_time": boot_time, "uptime": uptime, "partitions": labels, "procs": current}
     return usage, state
 
 

@@ -182,6 +182,11 @@ def _switch_on(path: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
     os.close(fd)
     acct(path)
+    write_registry(path)
+
+
+def write_registry(path: str) -> None:
+    """Name ``path`` as the file a collector of this node switched accounting on into."""
     if os.path.isdir(os.path.dirname(REGISTRY)):
         from .atomic import write_atomic
 
@@ -320,8 +325,6 @@ def restored() -> Iterator[None]:
     """Accounting switched back on leaving, even on failure, to the file it went
     to before (one of ``NODE_FILES`` or the registered one), or off; the
     registry likewise. For tests and benchmarks that run collectors as root."""
-    from .atomic import write_atomic
-
     def active() -> str | None:
         return probe([p for p in (*NODE_FILES, registered()) if p and os.path.exists(p)])
 
@@ -338,4 +341,4 @@ def restored() -> Iterator[None]:
             if registry is None:
                 Path(REGISTRY).unlink(missing_ok=True)
             else:
-                write_atomic(REGISTRY, registry + "\n")
+                write_registry(registry)

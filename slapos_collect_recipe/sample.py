@@ -260,7 +260,7 @@ def _usage(partitions: list[Partition], processes: list[ProcessSample], kin: lis
     bad input met."""
     problems: list[str] = []
     previous = previous or {}
-    reboot = bool(previous) and previous.get("boot_time") != boot_time
+    reboot = bool(previous) and accounting.rebooted(previous, boot_time, uptime)
     overrides: dict = {}
     cgroup_state: dict = {}
     cgroups = getattr(settings, "cgroups", None) or {}
