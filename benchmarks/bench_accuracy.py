@@ -33,7 +33,7 @@ import results
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent / "tests"))
-from accounting_workloads import Collector, ensure_user, remove_user, run_workload  # noqa: E402
+from accounting_workloads import Collector, ensure_user, own_cgroup, remove_user, run_workload  # noqa: E402
 
 # A partition user of this run's own (the original samples <user_base_name>0..N-1): nothing else
 # on the machine runs as it.
@@ -220,22 +220,19 @@ def main() -> int:
 def _main() -> int:
     created = ensure_user(USER)
     try:
-        return _measure()
+        with own_cgroup(UNIFIED) as (cgroup, reason):
+            if reason:
+                print(f"{reason}: ours with a cgroup left out", flush=True)
+            return _measure(cgroup)
     finally:
         if created:
             remove_user(USER)
 
 
-def _measure() -> int:
+def _measure(cgroup: str | None) -> int:
     original_python = original.python()
     bin_dir = original.ours_venv()
     python = shutil.which("python3", path="/usr/bin") or sys.executable
-    cgroup = os.path.join(UNIFIED, f"slapos-collect-bench-{os.getpid()}")
-    try:
-        os.mkdir(cgroup)
-    except OSError as exc:
-        print(f"no cgroup v2 under {UNIFIED} ({exc.strerror}): ours with a cgroup left out", flush=True)
-        cgroup = None
     scratch = Path(tempfile.mkdtemp(prefix="bench-accuracy-"))
     scratch.chmod(0o755)
     exporter = Exporter(scratch) if os.access(EXPORTER, os.X_OK) else None
@@ -289,13 +286,6 @@ def _measure() -> int:
         for extra_tool in (exporter, apps):
             if extra_tool is not None:
                 extra_tool.close()
-        if cgroup:
-            for _ in range(50):
-                try:
-                    os.rmdir(cgroup)
-                    break
-                except OSError:
-                    time.sleep(0.1)
         shutil.rmtree(scratch, ignore_errors=True)
 
     def cost(name: str) -> str:

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("slapos_collect_recipe.bench", "measure the machine's degradation (cpu, sqlite, net)"),
     "availability": ("slapos_collect_recipe.availability", "server availability from the master's access logs"),
     "cron": ("slapos_collect_recipe.cron", "run a partition's etc/cron.d entries as a service"),
+    "network-accounting": ("slapos_collect_recipe.nft", "show or --remove the nftables table of the network counters"),
     "folder-size": ("slapos_collect_recipe.folder", "measure partition folder sizes (started in the background by collect)"),
 }
 

@@ -13,7 +13,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from . import config, folder, lock, sample
+from . import config, folder, lock, sample, traffic
 from .config import CollectSettings
 from .errors import CollectError
 from .snapshot import RunSnapshot
@@ -29,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="re-read the PSS of a partition whose walk is dear (many processes or a large RSS sum) "
                              "at most every SECONDS, carrying the last figure between reads (default 300; "
                              "0: every run)")
+    config.add_network_arguments(parser)
     parser.add_argument("-v", "--verbose", action="store_true", help="log every step")
 
 
@@ -76,6 +77,7 @@ def _sample_and_store(settings: CollectSettings) -> tuple[RunSnapshot, Path | No
         previous_cpu = store.process_cpu_times(previous["date"], previous["time"]) if previous else {}
         snap = sample.take(settings.partitions, previous, previous_cpu, store.get_state("usage"), settings,
                            store.get_state("memory"))
+        traffic.sample_into(snap, settings, store.get_state(traffic.STATE_KEY))
         with store.transaction():
             store.insert("user", (p.row() for p in snap.processes), snap.date, snap.time)
             store.insert("system", [snap.system.row()], snap.date, snap.time)

@@ -48,6 +48,12 @@ class CollectSettings:
     folder_cycle: int = DEFAULT_FOLDER_CYCLE
     report_disk_usage: bool = True
     computer_id: str = ""
+    # Network (issue 13): label -> addresses / interface names, as given (checked by traffic.py at
+    # each run, so that one bad entry never stops the others); the node's computer XML, if any.
+    addresses: dict[str, list[str]] = field(default_factory=dict)
+    interfaces: dict[str, list[str]] = field(default_factory=dict)
+    network_accounting: str = "auto"
+    computer_xml: str | None = None
     # Partition accounting (issue 11): label -> cgroup directory; acct(2) auto|yes|no.
     cgroups: dict[str, str] = field(default_factory=dict)
     process_accounting: str = "auto"
@@ -78,6 +84,35 @@ def add_partition_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--process-accounting", choices=ACCOUNTING_MODES, default=None,
                         help="kernel process accounting for the CPU of ended processes: auto (on when "
                              "root, the default), yes, no")
+
+
+NETWORK_ACCOUNTING = ("auto", "nftables", "sockets", "no")
+
+
+def add_network_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--address", action="append", default=[], metavar="LABEL=ADDR",
+                        help="an IP address of partition LABEL whose traffic is its own (repeatable)")
+    parser.add_argument("--interface", action="append", default=[], metavar="LABEL=IFNAME",
+                        help="a tap/tun interface of partition LABEL, the machine behind it being the partition "
+                             "(repeatable)")
+    parser.add_argument("--network-accounting", choices=NETWORK_ACCOUNTING, default=None,
+                        help="per-address traffic: nftables counters (root), live TCP sockets, or none "
+                             "(default: auto, nftables when possible)")
+
+
+def label_values(lines: list[str], what: str) -> dict[str, list[str]]:
+    """``LABEL = value value`` lines (or ``LABEL=value`` flags) merged into label -> values."""
+    result: dict[str, list[str]] = {}
+    for line in lines:
+        label, sep, values = line.partition("=")
+        label = label.strip()
+        if not sep or not label or not values.split():
+            raise CollectError(f"{what} {line.strip()!r} must be LABEL=VALUE")
+        known = result.setdefault(label, [])
+        for value in values.split():
+            if value not in known:
+                known.append(value)
+    return result
 
 
 def read_ini(path: str | os.PathLike) -> configparser.ConfigParser:
@@ -213,6 +248,7 @@ class NodeConfig:
     folder_cycle: int | None
     report_disk_usage: bool | None
     computer_id: str
+    computer_xml: str | None = None
 
 
 def read_slapos_cfg(path: str) -> NodeConfig:
@@ -250,6 +286,7 @@ def read_slapos_cfg(path: str) -> NodeConfig:
         folder_cycle=cycle,
         report_disk_usage=report,
         computer_id=cp.get("slapos", "computer_id", fallback="").strip(),
+        computer_xml=cp.get("slapformat", "computer_xml", fallback="").strip() or None,
     )
 
 
@@ -310,7 +347,25 @@ def collect_settings(args: argparse.Namespace) -> CollectSettings:
     if mode not in ACCOUNTING_MODES:
         raise CollectError(f"process-accounting must be auto, yes or no, not {mode!r}")
     settings.process_accounting = mode
+    _network_settings(settings, args, cp, node)
     return settings
+
+
+def _network_settings(settings: CollectSettings, args: argparse.Namespace, cp: configparser.ConfigParser,
+                      node: NodeConfig | None) -> None:
+    """Addresses, interfaces (config keys, then flags, added) and the accounting mechanism."""
+    def lines(key: str, flag: str) -> list[str]:
+        from_file = [line for line in cp.get(SECTION, key, fallback="").splitlines() if line.strip()]
+        return from_file + list(getattr(args, flag, None) or [])
+
+    settings.addresses = label_values(lines("addresses", "address"), "address")
+    settings.interfaces = label_values(lines("interfaces", "interface"), "interface")
+    mode = getattr(args, "network_accounting", None) or cp.get(SECTION, "network-accounting", fallback="").strip()
+    if mode and mode not in NETWORK_ACCOUNTING:
+        raise CollectError(f"[{SECTION}] network-accounting must be one of {', '.join(NETWORK_ACCOUNTING)}, "
+                           f"not {mode!r}")
+    settings.network_accounting = mode or "auto"
+    settings.computer_xml = node.computer_xml if node else None
 
 
 def cgroup_settings(args: argparse.Namespace, cp: configparser.ConfigParser, labels: set[str]) -> dict[str, str]:

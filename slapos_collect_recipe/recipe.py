@@ -16,6 +16,7 @@ The recipes only write files: they never import the sampling code.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import pwd
@@ -196,6 +197,7 @@ class Recipe:
             except OSError:
                 raise zc.buildout.UserError(f"option ipv4/ipv6: {addr!r} is not an IP address") from None
         self.hosts = self.ipv6 + self.ipv4
+        self._network_options(get, collect)
         if not self.hosts:
             raise zc.buildout.UserError("options ipv6 and ipv4 are both empty: slapmonitor needs an address")
         self.port_base = _int("port-base", get("port-base", ""), DEFAULT_PORT_BASE, 1024, 65000)
@@ -243,6 +245,31 @@ class Recipe:
         options["monitor-url"] = f"{base}{self.secret}/server-log/"
         options["monitor-dashboard-url"] = f"{base}{self.secret}/"
         options["monitor-metrics-url"] = f"{base}{self.secret}/metrics"
+
+    def _network_options(self, get, collect: str) -> None:
+        """This partition's own addresses (ipv4, ipv6 and network-addresses) for its traffic figures."""
+        self.network_accounting = get("network-accounting", "").strip() or "auto"
+        if self.network_accounting not in ("auto", "nftables", "sockets", "no"):
+            raise zc.buildout.UserError("option network-accounting must be auto, nftables, sockets or no, "
+                                        f"not {self.network_accounting!r}")
+        extra = get("network-addresses", "").split()
+        for addr in extra:
+            try:
+                ipaddress.ip_address(addr)
+            except ValueError:
+                raise zc.buildout.UserError(f"option network-addresses: {addr!r} is not an IP address") from None
+        me = pwd.getpwuid(os.getuid()).pw_name
+        # The label this partition has in its own config: its user, or its reference when by directory;
+        # a node's collector takes the other partitions' addresses from the computer XML.
+        if collect == "node" or me in self.users:
+            label = me
+        elif any(spec.partition("=")[0].strip() == self.reference for spec in self.partitions):
+            label = self.reference
+        else:
+            label = ""
+        own = [] if collect == "node" else self.ipv4 + self.ipv6
+        own += [a for a in extra if a not in own]
+        self.addresses = f"\n  {label} = {' '.join(own)}" if label and own else ""
 
     # -- state kept across buildout runs ---------------------------------
 
@@ -342,6 +369,8 @@ class Recipe:
             keep_days=self.keep_days,
             memory_cycle=self.memory_cycle,
             computer_id=self.computer_id,
+            network_accounting=self.network_accounting,
+            addresses=self.addresses,
             host=" ".join(self.hosts),
             port=self.port,
             collect_binary=self.collect_binary,

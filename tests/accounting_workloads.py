@@ -4,6 +4,7 @@ benchmarks/bench_accuracy.py (ground truth = the processes' own getrusage)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -11,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from pathlib import Path
 WORKLOAD = r'''
 import os, resource, sys, time
 report, kind = sys.argv[1], sys.argv[2]
+IO_JOBS, IO_WRITES, IO_BLOCK = 20, 100, 4096
 
 def cpu():
     r = resource.getrusage(resource.RUSAGE_SELF)
@@ -83,6 +86,21 @@ elif kind == "across":
     reap(spawn(burn, 5.0))
 elif kind == "busy":
     burn(5.0)
+elif kind == "io":
+    # 20 jobs, each writing 100 blocks of 4 KiB (one write call each) to a file of its own; the
+    # first one is seen by a run halfway (it waits), then reaped: its IO must count once.
+    def writer(first):
+        fd = os.open(os.path.join(os.path.dirname(report), "io-%d" % os.getpid()),
+                     os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        block = b"x" * IO_BLOCK
+        for i in range(IO_WRITES):
+            if first and i == IO_WRITES // 2:
+                time.sleep(2.5)
+            os.write(fd, block)
+        os.close(fd)
+        burn(0.1)
+    for i in range(IO_JOBS):
+        reap(spawn(writer, i == 0))
 elif kind == "daemon":
     reap(spawn(daemon, 4.0))
     while "daemon " not in open(report).read():
@@ -183,9 +201,10 @@ def remove_user(name: str) -> None:
 
 
 def run_workload(kind: str, user: str, python: str, scratch: Path, collectors: list[Collector],
-                 cgroup: str | None = None, tick: float = 2.0, jobs: int = 40) -> float:
+                 cgroup: str | list[str] | None = None, tick: float = 2.0, jobs: int = 40) -> float:
     """Run one workload as ``user``, under a root supervisor that reaps what is
-    re-parented to it, while every collector runs every ``tick`` s (first run
+    re-parented to it, in ``cgroup`` (one directory or several: v2 and v1
+    hierarchies), while every collector runs every ``tick`` s (first run
     before it starts, last after it ended); returns the true CPU seconds the
     workload used from "go" on."""
     script = scratch / "workload.py"
@@ -201,8 +220,8 @@ def run_workload(kind: str, user: str, python: str, scratch: Path, collectors: l
     try:
         ready, workload_pid = proc.stdout.readline().split()
         assert ready == "ready"
-        if cgroup:
-            with open(os.path.join(cgroup, "cgroup.procs"), "w") as handle:
+        for directory in ([cgroup] if isinstance(cgroup, str) else cgroup or []):
+            with open(os.path.join(directory, "cgroup.procs"), "w") as handle:
                 handle.write(workload_pid)
         for collector in collectors:
             collector.run()
@@ -229,9 +248,35 @@ def run_workload(kind: str, user: str, python: str, scratch: Path, collectors: l
     truth = 0.0
     for line in report.read_text().splitlines():
         tag, value = line.split()
-        if tag != "done":
+        if tag in ("proc", "parent", "daemon"):
             truth += float(value)
     return truth
+
+
+# What the "io" workload writes: jobs x write calls x bytes per call.
+IO_JOBS, IO_WRITES, IO_BLOCK = 20, 100, 4096
+
+
+@contextlib.contextmanager
+def own_cgroup(root: str) -> Iterator[tuple[str | None, str | None]]:
+    """``(path, None)`` of a new cgroup under ``root`` (a v2 or v1 hierarchy), removed on
+    leaving once its processes are gone; ``(None, reason)`` when it cannot be made."""
+    path = os.path.join(root, f"slapos-collect-test-{os.getpid()}")
+    try:
+        os.mkdir(path)
+    except OSError as exc:
+        yield None, f"cannot create a cgroup under {root}: {exc.strerror}"
+        return
+    try:
+        yield path, None
+    finally:
+        # The kernel frees a cgroup a moment after its last process exits.
+        for _ in range(50):
+            try:
+                os.rmdir(path)
+                break
+            except OSError:
+                time.sleep(0.1)
 
 
 def collect_command() -> list[str]:

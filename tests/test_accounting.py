@@ -12,10 +12,14 @@ from pathlib import Path
 
 import pytest
 from accounting_workloads import (
+    IO_BLOCK,
+    IO_JOBS,
+    IO_WRITES,
     Collector,
     as_user,
     collect_command,
     ensure_user,
+    own_cgroup,
     remove_user,
     run_workload,
 )
@@ -75,23 +79,15 @@ def accounting_off_after():
 @pytest.fixture(scope="module")
 def cgroup_dir():
     """A cgroup v2 of the test's own under the unified hierarchy, or the reason there is none."""
-    path = os.path.join(UNIFIED, f"sc-acct-test-{os.getpid()}")
-    try:
-        os.mkdir(path)
-    except OSError as exc:
-        yield None, f"cannot create a cgroup v2 under {UNIFIED}: {exc.strerror}"
-        return
-    try:
-        yield path, None
-    finally:
-        for _ in range(50):
-            try:
-                os.rmdir(path)
-                break
-            except OSError:
-                import time
+    with own_cgroup(UNIFIED) as made:
+        yield made
 
-                time.sleep(0.1)
+
+@pytest.fixture(scope="module")
+def cgroup_v1_dir():
+    """A cgroup of the test's own in the v1 cpuacct hierarchy, or the reason there is none."""
+    with own_cgroup("/sys/fs/cgroup/cpuacct") as made:
+        yield made
 
 
 @pytest.fixture(scope="module")
@@ -106,22 +102,25 @@ def scratch():
 _results: dict[str, tuple[float, dict[str, Collector]]] = {}
 
 
-def _measure(kind: str, scratch: Path, cgroup: str | None) -> tuple[float, dict[str, Collector]]:
+def _measure(kind: str, scratch: Path, cgroup: str | None,
+             cgroup_v1: str | None = None) -> tuple[float, dict[str, Collector]]:
     """One run of a workload, measured by root collectors side by side: children's
-    times alone, process accounting, and the cgroup (where there is one)."""
+    times alone, process accounting, and the cgroups (v2, v1, where there are)."""
     if kind in _results:
         return _results[kind]
     base = collect_command()
     common = ["collect", "--user", USER]
     collectors = {}
     for name, extra in (("children", ["--process-accounting", "no"]), ("acct", ["--process-accounting", "yes"]),
-                        ("cgroup", ["--process-accounting", "no", "--cgroup", f"{USER}={cgroup}"])):
-        if name == "cgroup" and not cgroup:
+                        ("cgroup", ["--process-accounting", "no", "--cgroup", f"{USER}={cgroup}"]),
+                        ("cgroup-v1", ["--process-accounting", "no", "--cgroup", f"{USER}={cgroup_v1}"])):
+        if (name == "cgroup" and not cgroup) or (name == "cgroup-v1" and not cgroup_v1):
             continue
         data = scratch / f"{kind}-{name}"
         collectors[name] = Collector(name, [*base, *common, "--data-dir", str(data), *extra], data)
     runtime = other_user_runtime()
-    truth = run_workload(kind, USER, runtime.python, scratch, list(collectors.values()), cgroup)
+    truth = run_workload(kind, USER, runtime.python, scratch, list(collectors.values()),
+                         [path for path in (cgroup, cgroup_v1) if path])
     _results[kind] = truth, collectors
     return truth, collectors
 
@@ -134,6 +133,7 @@ TARGETS = {
     # Children's times cannot see a daemon re-parented away (here to a root supervisor that reaps it):
     # its CPU after the last run that saw it is missed.
     ("daemon", "children"): (0.0, 1.01), ("daemon", "cgroup"): (0.99, 1.01),
+    ("build", "cgroup-v1"): (0.995, 1.01), ("daemon", "cgroup-v1"): (0.99, 1.01),
     # Accounting catches its end, but the record's CPU is the kernel's tick samples (this kernel
     # counts CPU by ticks): on a busy machine they stray from the real run time by several percent
     # of the daemon's whole life, which lands in the part after its last run (measured: 104-106 %).
@@ -143,7 +143,7 @@ TARGETS = {
 
 @pytest.mark.parametrize(("kind", "mechanism"), list(TARGETS), ids=[f"{k}-{m}" for k, m in TARGETS])
 def test_share_of_true_cpu(kind: str, mechanism: str, partition_user, accounting_off_after, cgroup_dir,
-                           scratch: Path) -> None:
+                           cgroup_v1_dir, scratch: Path) -> None:
     """A build-like load (short jobs, some with a job of their own, under a live
     parent), one child across several runs then reaped, a long busy loop, a
     double-forked daemon: each mechanism's sum of ``cpu_time`` over the runs
@@ -151,19 +151,49 @@ def test_share_of_true_cpu(kind: str, mechanism: str, partition_user, accounting
     cgroup, reason = cgroup_dir
     if mechanism == "cgroup" and cgroup is None:
         pytest.skip(reason)
-    truth, collectors = _measure(kind, scratch, cgroup)
+    cgroup_v1, reason_v1 = cgroup_v1_dir
+    if mechanism == "cgroup-v1" and cgroup_v1 is None:
+        pytest.skip(reason_v1)
+    truth, collectors = _measure(kind, scratch, cgroup, cgroup_v1)
     collector = collectors[mechanism]
     share = collector.cpu(USER) / truth
     rows = collector.rows(USER)
     print(f"{kind} {mechanism}: {share:.2%} of {truth:.2f} s over {len(rows)} runs")
+    sources = {row["source"] for row in rows[2:]}
+    if mechanism == "acct" and "acct" not in sources:
+        # Accounting is one per machine: a root collector of another session running meanwhile
+        # took it over for the whole window.
+        pytest.skip("kernel accounting was taken over by another root collector during the workload")
     low, high = TARGETS[kind, mechanism]
-    assert low <= share <= high, (kind, mechanism, share, truth)
+    assert low <= share <= high, (kind, mechanism, share, truth, [tuple(row) for row in rows])
     assert rows[0]["cpu_time"] == 0  # the store's first run
-    expected = {"children": "children", "acct": "acct", "cgroup": "cgroup-v2"}[mechanism]
-    assert {row["source"] for row in rows[2:]} == {expected}
+    expected = {"children": "children", "acct": "acct", "cgroup": "cgroup-v2", "cgroup-v1": "cgroup-v1"}[mechanism]
+    if mechanism == "acct":
+        # Intervals where another session held accounting are measured by children's times.
+        assert sources <= {"acct", "children"}
+    else:
+        assert sources == {expected}
     assert all(0 <= row["cpu_percent"] <= 100 * os.cpu_count() for row in rows)
     if kind == "build":
-        assert sum(row["ended"] for row in rows) >= (40 if mechanism == "acct" else 1)
+        assert sum(row["ended"] for row in rows) >= (40 if sources == {"acct"} else 1)
+
+
+@pytest.mark.parametrize("mechanism", ["children", "acct"])
+def test_io_of_ended_processes_counted_once(mechanism: str, partition_user, accounting_off_after,
+                                            scratch: Path) -> None:
+    """Jobs that write and end between runs (one of them seen halfway by a run):
+    the kernel adds a reaped job's IO counters to its parent's, so the partition's
+    IO counts each byte and write call once."""
+    truth, collectors = _measure("io", scratch, None)
+    rows = collectors[mechanism].rows(USER)
+    written = sum(row["io_rw_counter"] for row in rows)
+    calls = sum(row["io_cycles_counter"] for row in rows)
+    expected = IO_JOBS * IO_WRITES * IO_BLOCK
+    print(f"io {mechanism}: {written} bytes of {expected}, {calls} calls of {IO_JOBS * IO_WRITES}; "
+          f"CPU {collectors[mechanism].cpu(USER) / truth:.2%}")
+    assert expected <= written <= expected + 64 * 1024
+    assert IO_JOBS * IO_WRITES <= calls <= IO_JOBS * IO_WRITES + 100
+    assert 0.98 <= collectors[mechanism].cpu(USER) / truth <= 1.01
 
 
 @pytest.mark.parametrize("mechanism", ["children", "cgroup"])

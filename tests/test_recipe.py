@@ -121,6 +121,7 @@ def test_install_writes_every_file(part: Path) -> None:
     assert cp["slapos-collect"]["keep-days"] == "9"
     assert cp["slapos-collect"]["memory-cycle"] == "120"
     assert cp["slapos-collect"]["computer-id"] == "COMP-1"
+    assert cp["slapos-collect"]["network-accounting"] == "auto"
     assert cp["monitor"]["host"] == "::1 127.0.0.1"
     assert cp["monitor"]["port"] == str(port)
     assert cp["monitor"]["secret-file"] == str(secret_file)
@@ -234,6 +235,24 @@ def test_collect_defaults_by_user_or_by_directory(tmp_path: Path) -> None:
     assert cp["slapos-collect"]["partitions"].strip() == ""
 
 
+def test_own_addresses_for_the_network_figures(part: Path) -> None:
+    """The partition's ipv4/ipv6 and the network-addresses parameter, under its label in its config."""
+    import configparser
+    import pwd
+
+    me = pwd.getpwuid(os.getuid()).pw_name
+    rec, _ = make(part, users=me, **{"network-addresses": "10.0.0.9 ::1", "network-accounting": "sockets"})
+    rec.install()
+    cp = configparser.ConfigParser(interpolation=None)
+    cp.read(part / "etc" / "slapos-collect.cfg")
+    assert cp["slapos-collect"]["addresses"].strip() == f"{me} = 127.0.0.1 ::1 10.0.0.9"
+    assert cp["slapos-collect"]["network-accounting"] == "sockets"
+    for extra, message in (({"network-addresses": "10.0.0.300"}, "not an IP address"),
+                           ({"network-accounting": "maybe"}, "network-accounting must be")):
+        with pytest.raises(zc.buildout.UserError, match=message):
+            make(part, **extra)
+
+
 def test_cgroups_and_accounting_reach_the_config(tmp_path: Path) -> None:
     """The recipe only writes them: whether a path is a cgroup is checked by each run."""
     import configparser
@@ -270,6 +289,7 @@ def test_validate_fills_defaults_and_refuses_bad_values() -> None:
     assert validate(SCHEMA, {}) == {
         "collect": "partition", "slapos-cfg": "/etc/opt/slapos/slapos.cfg", "keep-days": 3,
         "collect-frequency": 1, "benchmarks": False, "process-accounting": "auto", "memory-cycle": 300,
+        "network-accounting": "auto", "network-addresses": "",
     }
     # A non-serialised request gives strings.
     got = validate(SCHEMA, {"keep-days": "7", "benchmarks": "true", "monitor-port": "9100"})
@@ -280,6 +300,7 @@ def test_validate_fills_defaults_and_refuses_bad_values() -> None:
         ({"collect": "all"}, "collect"),
         ({"keep-day": 3}, "keep-day"),
         ({"monitor-port": 70000}, "monitor-port"),
+        ({"network-accounting": "maybe"}, "network-accounting"),
     ]:
         with pytest.raises(ValueError, match=words):
             validate(SCHEMA, bad)
