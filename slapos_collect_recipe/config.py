@@ -215,7 +215,7 @@ def xml_report_dir(instance_root: Path, computer_id: str) -> Path | None:
         return None
     path = instance_root.absolute() / "var" / "xml_report" / computer_id
     try:
-        _make_dirs([path.parent, path], 0o755)
+        _make_dirs([path.parent.parent, path.parent, path], 0o755)  # var/ too, on a fresh node
     except OSError as exc:
         raise CollectError(f"cannot create {path}: {exc.strerror}") from None
     return path
