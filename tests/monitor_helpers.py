@@ -6,7 +6,7 @@
 
 The server is the real console script in a subprocess, on ``--port 0``; the
 port is read from the one line it prints at start
-(``slapmonitor: listening on URL [URL...]``).
+(``slapmonitor: listening on URL [URL...] (N descriptors, at most M connections, ...)``).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 from conftest import SCRIPTS
 
 SECRET = "test-secret-0123456789abcdefABCDEF"
-LISTENING = re.compile(r"listening on (.+)$")
+LISTENING = re.compile(r"listening on (\S+://\S+(?: \S+://\S+)*)")  # then "(N descriptors, ...)"
 
 
 def has_ipv6() -> bool:
