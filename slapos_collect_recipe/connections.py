@@ -56,6 +56,7 @@ SHORTAGE = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 ACCEPT_BATCH = 128  # accepts per readiness callback, so that other work runs between
 SHORTAGE_PAUSE = 0.05  # seconds without accepting after running out of descriptors
 SHORTAGE_EVICT = 16  # waiting connections closed then, to give descriptors back
+LINGER = 2.0
 TICK = 0.25  # watchdog period (seconds)
 REPORT_EVERY = 60.0  # at most one log line a minute about refusals and drops
 DEFAULT_PER_ADDRESS = 256
@@ -142,7 +143,10 @@ class Gate:
         self.handler_kwargs = dict(handler_kwargs, max_line_size=limits.max_request_line,
                                    max_field_size=limits.max_header_field, max_headers=limits.max_headers,
                                    # aiohttp's own keep-alive close is only a backstop for the watchdog's
-                                   keepalive_timeout=limits.idle_timeout + 5)
+                                   keepalive_timeout=limits.idle_timeout + 5,
+                                   # after an answer to a request whose body is left unread
+                                   # (413, 408), how long to discard the body before closing
+                                   lingering_time=LINGER)
         self.timeouts = {HANDSHAKE: limits.handshake_timeout, HEAD: limits.header_timeout,
                          IDLE: limits.idle_timeout, STALLED: limits.send_timeout}
         self.waiting: dict[str, collections.OrderedDict[Conn, None]] = {

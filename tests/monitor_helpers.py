@@ -101,8 +101,9 @@ class RunningServer:
 
 def start_server(data_dir: Path, *args: str, hosts: tuple[str, ...] = ("127.0.0.1",), tls: bool | None = False,
                  secret: str | None = SECRET, command: str = "slapos-collect", timeout: float = 30,
-                 env: dict | None = None) -> RunningServer:
-    cmd = [str(SCRIPTS / command)]
+                 env: dict | None = None, prefix: tuple[str, ...] = ()) -> RunningServer:
+    """``prefix``: a command the server runs under (``prlimit --nofile=1024:1024 --``)."""
+    cmd = [*prefix, str(SCRIPTS / command)]
     if command == "slapos-collect":
         cmd.append("serve")
     cmd += ["--data-dir", str(data_dir), "--port", "0"]
