@@ -53,7 +53,8 @@ TIMEOUT_REASON = {HANDSHAKE: "handshake_timeout", HEAD: "header_timeout", IDLE: 
 # Worth a log line (an idle keep-alive closed on time is not).
 ALARMS = ("header_timeout", "handshake_timeout", "send_timeout", "full", "per_address", "descriptors", "refused")
 SHORTAGE = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-ACCEPT_BATCH = 128  # accepts per readiness callback, so that other work runs between
+ACCEPT_BATCH = 32  # accepts per readiness callback: other work runs between, and the sockets
+# of connections dropped to make room (closed on the next loop turn) stay few
 SHORTAGE_PAUSE = 0.05  # seconds without accepting after running out of descriptors
 SHORTAGE_EVICT = 16  # waiting connections closed then, to give descriptors back
 LINGER = 2.0
