@@ -19,7 +19,6 @@ import argparse
 import contextlib
 import errno
 import http.client
-import os
 import resource
 import selectors
 import shutil
@@ -33,7 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_server import free_port, stop, wait_http, wait_tls  # noqa: E402
+from bench_server import free_port, nginx_write_config, stop, wait_http, wait_tls  # noqa: E402
 from results import table, write_section  # noqa: E402
 
 SCRIPTS = Path(sys.executable).parent
@@ -134,25 +133,13 @@ def measure(port: int, context: ssl.SSLContext | None, probes: int) -> tuple[lis
 
 def nginx_config(work: Path, root: Path, port: int, tls_port: int, cert: Path, key: Path) -> Path:
     """Debian's defaults where they matter here (workers, connections per worker, timeouts)."""
-    user = "user root root;\n" if os.geteuid() == 0 else ""
-    temp = "".join(f"    {kind}_temp_path {work / kind};\n"
-                   for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    conf = work / "nginx.conf"
-    conf.write_text(
-        f"{user}daemon off;\nworker_processes auto;\npid {work / 'nginx.pid'};\n"
-        f"error_log {work / 'nginx-error.log'};\n"
-        "events { worker_connections 768; }\n"
-        "http {\n"
+    return nginx_write_config(work, 768, (
         f"    access_log {work / 'nginx-access.log'};\n"
-        f"{temp}"
         "    sendfile on; tcp_nopush on;\n"
         "    ssl_protocols TLSv1.2 TLSv1.3;\n"
         f"    server {{ listen 127.0.0.1:{port}; root {root}; location = / {{ try_files /ok =404; }} }}\n"
         f"    server {{ listen 127.0.0.1:{tls_port} ssl; ssl_certificate {cert}; ssl_certificate_key {key};\n"
-        f"             root {root}; location = / {{ try_files /ok =404; }} }}\n"
-        "}\n"
-    )
-    return conf
+        f"             root {root}; location = / {{ try_files /ok =404; }} }}\n"))
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -239,7 +226,7 @@ def main() -> int:
     ours_ok = all(not results[(flood, name)][1] for flood in FLOODS for name in names if name.startswith("slap"))
     verdict = (f"- slapmonitor answers every probe under every flood: {'met' if ours_ok else 'NOT met'}")
     print(verdict)
-    log_lines = {name: len(lines) for name, lines in logs.items()}
+    log_lines = ", ".join(f"{name} {len(lines)}" for name, lines in logs.items())
     tracebacks = sum("Traceback" in line for lines in logs.values() for line in lines)
     markdown = (
         "## slapmonitor under connection floods (the availability probe)\n\n"
@@ -254,7 +241,8 @@ def main() -> int:
         "handshake. Cells: median / 99th percentile of the answered probes in ms (answered/asked).\n\n"
         + table(["flood", *names], rows)
         + "\n" + verdict + "\n"
-        + f"- slapmonitor's stderr during the whole run: {log_lines} lines, {tracebacks} tracebacks.\n"
+        + f"- slapmonitor's stderr over the whole run, in lines (the start line, then at most one report a "
+        f"minute): {log_lines}; {tracebacks} tracebacks.\n"
     )
     write_section("flood", markdown)
     return 0
