@@ -110,10 +110,11 @@ def address_key(peer: Any, family: int) -> Any:
 
 
 class Conn:
-    __slots__ = ("key", "phase", "since", "transport", "task", "sock", "started", "line_seen")
+    __slots__ = ("key", "address", "phase", "since", "transport", "task", "sock", "started", "line_seen")
 
-    def __init__(self, key: Any, phase: str, now: float, sock: socket.socket) -> None:
+    def __init__(self, key: Any, address: Address, phase: str, now: float, sock: socket.socket) -> None:
         self.key = key
+        self.address = address
         self.phase = phase
         self.since = now
         self.transport: asyncio.Transport | None = None
@@ -251,11 +252,10 @@ class Gate:
         except OSError:
             sock.close()
             return
-        now = self.loop.time()
-        conn = Conn(key, HANDSHAKE if self.context is not None else HEAD, now, sock)
         address = self.addresses.get(key)
         if address is None:
             address = self.addresses[key] = Address()
+        conn = Conn(key, address, HANDSHAKE if self.context is not None else HEAD, self.loop.time(), sock)
         address.count += 1
         self.count += 1
         self.waiting[conn.phase][conn] = None
@@ -289,28 +289,30 @@ class Gate:
     # -- phases -------------------------------------------------------------------
 
     def enter(self, conn: Conn, phase: str) -> None:
+        """Into ``phase``, at the end of its queue (on every request: kept to a few dict operations)."""
         old = conn.phase
-        if old == CLOSED or (old == phase and phase == BUSY):
+        if old == CLOSED or (old == phase == BUSY):
             return
-        address = self.addresses[conn.key]
+        of_address = conn.address.waiting
         if old != BUSY:
             del self.waiting[old][conn]
+            if phase == BUSY:
+                del of_address[conn]
+            else:
+                of_address.move_to_end(conn)
+        elif phase != BUSY:
+            of_address[conn] = None
         conn.phase = phase
         conn.since = self.loop.time()
-        if phase == BUSY:
-            if old != BUSY:
-                del address.waiting[conn]
-        else:
+        if phase != BUSY:
             self.waiting[phase][conn] = None
-            address.waiting[conn] = None
-            address.waiting.move_to_end(conn)
 
     def forget(self, conn: Conn) -> None:
         phase = conn.phase
         if phase == CLOSED:
             return
         conn.phase = CLOSED
-        address = self.addresses[conn.key]
+        address = conn.address
         if phase != BUSY:
             del self.waiting[phase][conn]
             del address.waiting[conn]
