@@ -18,8 +18,9 @@ busy       a handler runs (its own limits apply)                 -
 
 Every phase but busy is *waiting*: the server may close such a connection.
 When a new one finds its address at the per-address cap, or the server at its
-total cap, the connection that has waited longest (of that address, or of all)
-is dropped to make room; only when none is waiting is the new one refused.
+total cap, a waiting connection is dropped to make room (that address's oldest,
+or the one of all that has waited longest); only when none is waiting is the new
+one refused.
 Each waiting phase keeps its connections in arrival order (an OrderedDict), so
 the watchdog and the eviction only ever look at the front: O(1) per connection.
 """
@@ -58,6 +59,7 @@ ACCEPT_BATCH = 32  # accepts per readiness callback: other work runs between, an
 SHORTAGE_PAUSE = 0.05  # seconds without accepting after running out of descriptors
 SHORTAGE_EVICT = 16  # waiting connections closed then, to give descriptors back
 LINGER = 2.0
+PER_ADDRESS_LOOK = 64  # connections of an address looked at for one to drop
 TICK = 0.25  # watchdog period (seconds)
 REPORT_EVERY = 60.0  # at most one log line a minute about refusals and drops
 DEFAULT_PER_ADDRESS = 256
@@ -125,11 +127,14 @@ class Conn:
 
 
 class Address:
-    __slots__ = ("count", "waiting")
+    """One client address's connections, oldest first (kept apart from the phases, so that a
+    request costs no per-address bookkeeping)."""
+
+    __slots__ = ("count", "conns")
 
     def __init__(self) -> None:
         self.count = 0
-        self.waiting: collections.OrderedDict[Conn, None] = collections.OrderedDict()
+        self.conns: collections.OrderedDict[Conn, None] = collections.OrderedDict()
 
 
 class Gate:
@@ -138,7 +143,7 @@ class Gate:
     def __init__(self, handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]], limits: Limits,
                  max_connections: int, context: ssl.SSLContext | None, handler_kwargs: dict[str, Any]) -> None:
         self.loop = asyncio.get_running_loop()
-        self.server = web.Server(self.track(handler))
+        self.server = web.Server(handler, request_factory=self._request)
         self.limits = limits
         self.max_connections = max_connections
         self.context = context
@@ -236,7 +241,7 @@ class Gate:
         address = self.addresses.get(key)
         if address is not None and address.count >= self.limits.per_address:
             self.cap_hits += 1
-            victim = self._first(address.waiting)
+            victim = self._first_waiting(address.conns)
             if victim is None:
                 self._refuse(sock)
                 return
@@ -259,7 +264,7 @@ class Gate:
         address.count += 1
         self.count += 1
         self.waiting[conn.phase][conn] = None
-        address.waiting[conn] = None
+        address.conns[conn] = None
         conn.task = self.loop.create_task(self._open(conn, sock))
 
     def _refuse(self, sock: socket.socket) -> None:
@@ -289,19 +294,12 @@ class Gate:
     # -- phases -------------------------------------------------------------------
 
     def enter(self, conn: Conn, phase: str) -> None:
-        """Into ``phase``, at the end of its queue (on every request: kept to a few dict operations)."""
+        """Into ``phase``, at the end of its queue (on every request: two dict operations at most)."""
         old = conn.phase
         if old == CLOSED or (old == phase == BUSY):
             return
-        of_address = conn.address.waiting
         if old != BUSY:
             del self.waiting[old][conn]
-            if phase == BUSY:
-                del of_address[conn]
-            else:
-                of_address.move_to_end(conn)
-        elif phase != BUSY:
-            of_address[conn] = None
         conn.phase = phase
         conn.since = self.loop.time()
         if phase != BUSY:
@@ -315,7 +313,7 @@ class Gate:
         address = conn.address
         if phase != BUSY:
             del self.waiting[phase][conn]
-            del address.waiting[conn]
+        del address.conns[conn]
         address.count -= 1
         if address.count == 0:
             del self.addresses[conn.key]
@@ -337,8 +335,12 @@ class Gate:
                 conn.sock.close()  # the task never ran: nobody else owns the socket yet
 
     @staticmethod
-    def _first(od: collections.OrderedDict[Conn, None]) -> Conn | None:
-        return next(iter(od), None)
+    def _first_waiting(conns: collections.OrderedDict[Conn, None]) -> Conn | None:
+        """The address's oldest connection not busy in a handler (a bounded look)."""
+        for _, conn in zip(range(PER_ADDRESS_LOOK), conns, strict=False):
+            if conn.phase != BUSY:
+                return conn
+        return None
 
     def _oldest(self, waiting: dict[str, collections.OrderedDict[Conn, None]]) -> Conn | None:
         best = None
@@ -357,9 +359,6 @@ class Gate:
         elif conn.phase == CLOSED:
             transport.abort()
 
-    def busy(self, conn: Conn) -> None:
-        self.enter(conn, BUSY)
-
     def done(self, conn: Conn) -> None:
         """The response is handed to the transport: the connection waits for the next request."""
         if conn.phase != CLOSED:
@@ -372,15 +371,13 @@ class Gate:
         elif not paused and conn.phase == STALLED:
             self.enter(conn, BUSY)
 
-    def track(self, handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]):
-        """``handler`` with its connection busy while it runs (headers complete)."""
-        async def tracked(request: web.BaseRequest) -> web.StreamResponse:
-            conn = getattr(request.protocol, "monitor_conn", None)
-            if conn is not None:
-                self.busy(conn)
-            return await handler(request)
-
-        return tracked
+    def _request(self, message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> web.BaseRequest:
+        """aiohttp's request factory (called once a request's headers are complete): the
+        connection is busy from here until its answer is written."""
+        conn = getattr(protocol, "monitor_conn", None)
+        if conn is not None:
+            self.enter(conn, BUSY)
+        return web.BaseRequest(message, payload, protocol, writer, task, self.loop)
 
     # -- the watchdog --------------------------------------------------------------
 
