@@ -29,11 +29,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import errno
 import functools
 import logging
 import socket
 import ssl
+import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -109,6 +111,16 @@ def address_key(peer: Any, family: int) -> Any:
         except (OSError, TypeError, IndexError):
             return peer
     return peer[0] if isinstance(peer, tuple) else peer
+
+
+def hard_close(transport: asyncio.BaseTransport) -> None:
+    """Close now, and reset: what the kernel still holds for a peer that reads nothing is
+    thrown away at once, not trickled out after the close."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 class Conn:
@@ -326,9 +338,15 @@ class Gate:
         self._close(conn)
 
     def _close(self, conn: Conn) -> None:
+        # An idle connection may still be delivering its last answer: closed gently. The
+        # others owe nothing to a peer that sends or reads too slowly: reset.
+        reset = conn.phase != IDLE
         self.forget(conn)
         if conn.transport is not None:
-            conn.transport.abort()  # no TLS close_notify dance with a peer that may never answer
+            if reset:
+                hard_close(conn.transport)
+            else:
+                conn.transport.abort()  # no TLS close_notify dance with a peer that may never answer
         elif conn.task is not None:
             conn.task.cancel()
             if not conn.started and conn.sock is not None:

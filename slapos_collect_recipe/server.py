@@ -49,7 +49,7 @@ from aiohttp.abc import AbstractAccessLogger
 from . import metrics
 from .atomic import write_atomic
 from .config import SECTION, add_common_arguments, get_bool, get_int, get_list, load_config, setup_logging
-from .connections import Gate, Limits, default_max_connections, descriptor_limit
+from .connections import Gate, Limits, default_max_connections, descriptor_limit, hard_close
 from .errors import CollectError
 from .store import DB_NAME
 
@@ -835,7 +835,7 @@ class Monitor:
             # The client left mid-transfer or reads nothing: nothing to answer, nothing to
             # log, and the truncated answer must not look complete on a kept connection.
             if request.transport is not None:
-                request.transport.abort()
+                hard_close(request.transport)
         return response
 
     @staticmethod
