@@ -517,7 +517,10 @@ async def send_file_threaded(sock_fd: int, file_fd: int, offset: int, count: int
     be reused under it, and closes it only once no thread uses it. A client that
     reads nothing for ``stall`` seconds is treated as gone."""
     loop = asyncio.get_running_loop()
-    fd = os.dup(sock_fd)
+    try:
+        fd = os.dup(sock_fd)
+    except OSError as exc:  # out of descriptors: the gate is closing connections to make room
+        raise ConnectionResetError(f"cannot send the file: {exc.strerror}") from None
     pending: asyncio.Future | None = None
     try:
         end = offset + count
