@@ -45,6 +45,9 @@ FLOODS = {
     "1 address x 3000": [("127.0.0.1", 3000)],
     "20 addresses x 250": [(f"127.0.0.{n}", 250) for n in range(2, 22)],
 }
+# TLS servers only: the handshake made, then the half request inside TLS (one address)
+TLS_SLOWLORIS = "TLS handshake + half request, 1 address x 2000"
+TLS_SLOWLORIS_COUNT = 2000
 PROBE_TIMEOUT = 3.0
 BATCH = 20
 GIVE_UP = 3  # consecutive unanswered probes: the rest are counted unanswered without waiting
@@ -90,6 +93,29 @@ def open_flood(port: int, plan: list[tuple[str, int]], payload: bytes | None, se
             for key in list(selector.get_map().values()):
                 selector.unregister(key.fileobj)  # still connecting: left to the kernel
             time.sleep(0.005)
+    return socks, connected
+
+
+def open_tls_flood(port: int, count: int, context: ssl.SSLContext, seconds: float = 20.0
+                   ) -> tuple[list[socket.socket], int]:
+    """One after the other (each handshake costs both sides): connect, handshake, half request; a
+    server that no longer accepts costs each at most 1 s, the whole at most ``seconds``."""
+    socks: list[socket.socket] = []
+    deadline = time.monotonic() + seconds
+    for _ in range(count):
+        if time.monotonic() > deadline:
+            break
+        sock = socket.socket()
+        socks.append(sock)
+        try:
+            sock.settimeout(1.0)
+            sock.connect(("127.0.0.1", port))
+            tls = context.wrap_socket(sock, server_hostname="127.0.0.1")
+            socks[-1] = tls
+            tls.sendall(HALF_REQUEST)
+        except OSError:
+            continue
+    connected = sum(1 for sock in socks if isinstance(sock, ssl.SSLSocket))
     return socks, connected
 
 
@@ -189,9 +215,14 @@ def main() -> int:
         servers["nginx"] = (port, None)
         servers["nginx TLS"] = (tls_port, client_context())
 
-        for flood, plan in FLOODS.items():
+        for flood, plan in [*FLOODS.items(), (TLS_SLOWLORIS, [])]:
             for name, (port, context) in servers.items():
-                socks, connected = open_flood(port, plan, None if context else HALF_REQUEST)
+                if flood == TLS_SLOWLORIS:
+                    if context is None:
+                        continue
+                    socks, connected = open_tls_flood(port, TLS_SLOWLORIS_COUNT, context)
+                else:
+                    socks, connected = open_flood(port, plan, None if context else HALF_REQUEST)
                 try:
                     results[(flood, name)] = measure(port, context, args.probes)
                 finally:
@@ -212,9 +243,12 @@ def main() -> int:
 
     rows = []
     names = list(servers)
-    for flood in FLOODS:
+    for flood in [*FLOODS, TLS_SLOWLORIS]:
         row = [flood]
         for name in names:
+            if (flood, name) not in results:
+                row.append("-")
+                continue
             answered, missed = results[(flood, name)]
             total = len(answered) + missed
             if answered:
@@ -223,7 +257,7 @@ def main() -> int:
             else:
                 row.append(f"no answer (0/{total})")
         rows.append(row)
-    ours_ok = all(not results[(flood, name)][1] for flood in FLOODS for name in names if name.startswith("slap"))
+    ours_ok = all(not missed for (_, name), (_, missed) in results.items() if name.startswith("slap"))
     verdict = (f"- slapmonitor answers every probe under every flood: {'met' if ours_ok else 'NOT met'}")
     print(verdict)
     log_lines = ", ".join(f"{name} {len(lines)}" for name, lines in logs.items())
@@ -238,7 +272,8 @@ def main() -> int:
         f"{args.probes} times (new connection each, {PROBE_TIMEOUT:.0f} s timeout; after {GIVE_UP} "
         "unanswered in a row the rest count unanswered). Half-open requests "
         "(`GET / HTTP/1.1\\r\\nHost: x\\r\\n` then nothing); over TLS, connections that never start the "
-        "handshake. Cells: median / 99th percentile of the answered probes in ms (answered/asked).\n\n"
+        f"handshake; and, for TLS only, {TLS_SLOWLORIS_COUNT} connections opened one after the other that make "
+        "the handshake then send the half request inside TLS (20 s at most). Cells: median / 99th percentile of the answered probes in ms (answered/asked).\n\n"
         + table(["flood", *names], rows)
         + "\n" + verdict + "\n"
         + f"- slapmonitor's stderr over the whole run, in lines (the start line, then at most one report a "
