@@ -276,6 +276,10 @@ def main() -> int:
         "the handshake then send the half request inside TLS (20 s at most). Cells: median / 99th percentile of the answered probes in ms (answered/asked).\n\n"
         + table(["flood", *names], rows)
         + "\n" + verdict + "\n"
+        + "- Why nginx holds some floods: out of connections, it closes those that have sent nothing yet "
+        "(TLS connections that never start the handshake); a connection that has sent part of a request it "
+        "keeps for its 60 s header timeout, and past 2 x 768 of those it answers nobody. slapmonitor drops "
+        "the longest-waiting connection, whatever it has sent.\n"
         + f"- slapmonitor's stderr over the whole run, in lines (the start line, then at most one report a "
         f"minute): {log_lines}; {tracebacks} tracebacks.\n"
     )

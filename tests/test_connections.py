@@ -353,6 +353,9 @@ def test_limits_from_the_config_file_and_bad_values(tmp_path, data_dir):
     with running_server(data_dir, "-c", str(config)) as server:
         assert "at most 50 connections, 7 per address" in start_line(server)
         assert scrape(server)["slapmonitor_connections_max"] == 50
+    if shutil.which("prlimit"):  # the soft descriptor limit is raised to the hard one
+        with running_server(data_dir, prefix=("prlimit", "--nofile=256:2048", "--")) as server:
+            assert "(2048 descriptors, at most 1792 connections, 256 per address)" in start_line(server)
     base = ["serve", "--data-dir", str(data_dir), "--host", "127.0.0.1", "--port", "0", "--secret", SECRET,
             "--no-tls"]
     for bad, expected in ((["--header-timeout", "0"], "header-timeout must be above 0"),
