@@ -402,18 +402,27 @@ class Gate:
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(TICK)
-            now = self.loop.time()
-            for phase, od in self.waiting.items():
-                limit = now - self.timeouts[phase]
-                while od:
-                    conn = next(iter(od))
-                    if conn.since > limit:
-                        break
-                    if phase == IDLE and conn.transport is not None and conn.transport.get_write_buffer_size():
-                        self.enter(conn, IDLE)  # still sending the last response: not idle yet
-                        continue
-                    self.drop(conn, TIMEOUT_REASON[phase])
-            self._report(now)
+            try:
+                self._tick(self.loop.time())
+            except Exception:  # a bug: said (at most once a minute), and the watch goes on
+                now = self.loop.time()
+                if now - self.error_logged_at >= REPORT_EVERY:
+                    log.exception("connection watchdog")
+                    self.error_logged_at = now
+
+    def _tick(self, now: float) -> None:
+        """Each waiting phase's queue is in deadline order: only its expired front is looked at."""
+        for phase, od in self.waiting.items():
+            limit = now - self.timeouts[phase]
+            while od:
+                conn = next(iter(od))
+                if conn.since > limit:
+                    break
+                if phase == IDLE and conn.transport is not None and conn.transport.get_write_buffer_size():
+                    self.enter(conn, IDLE)  # still sending the last response: not idle yet
+                    continue
+                self.drop(conn, TIMEOUT_REASON[phase])
+        self._report(now)
 
     def _report(self, now: float) -> None:
         if now - self.reported_at < REPORT_EVERY:
