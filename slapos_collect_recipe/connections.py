@@ -81,6 +81,7 @@ class Limits:
     max_request_line: int = 8190
     max_header_field: int = 16384
     max_headers: int = 100
+    max_header_bytes: int = 65536  # the whole request head: bounds what the parser holds per connection
 
 
 def descriptor_limit() -> int:
@@ -124,7 +125,8 @@ def hard_close(transport: asyncio.BaseTransport) -> None:
 
 
 class Conn:
-    __slots__ = ("key", "address", "phase", "since", "transport", "task", "sock", "started", "line_seen")
+    __slots__ = ("key", "address", "phase", "since", "transport", "task", "sock", "started", "line_seen",
+                 "head_bytes", "tail")
 
     def __init__(self, key: Any, address: Address, phase: str, now: float, sock: socket.socket) -> None:
         self.key = key
@@ -136,6 +138,8 @@ class Conn:
         self.sock: socket.socket | None = sock
         self.started = False
         self.line_seen = False
+        self.head_bytes = 0  # of the request head so far; -1 once its end is seen
+        self.tail = b""  # the last bytes received, for an end of head split across two reads
 
 
 class Address:
@@ -316,6 +320,10 @@ class Gate:
         conn.since = self.loop.time()
         if phase != BUSY:
             self.waiting[phase][conn] = None
+            if phase == HEAD:
+                conn.line_seen = False
+                conn.head_bytes = 0
+                conn.tail = b""
 
     def forget(self, conn: Conn) -> None:
         phase = conn.phase
@@ -380,7 +388,6 @@ class Gate:
     def done(self, conn: Conn) -> None:
         """The response is handed to the transport: the connection waits for the next request."""
         if conn.phase != CLOSED:
-            conn.line_seen = False
             self.enter(conn, IDLE)
 
     def stalled(self, conn: Conn, paused: bool) -> None:
@@ -447,6 +454,18 @@ class Gate:
                 "cap_hits": self.cap_hits, "shortages": self.shortages}
 
 
+def head_end(tail: bytes, data: bytes) -> int:
+    """Where in ``data`` the request head ends (an empty line), -1 if it does not; ``tail`` is
+    the end of the previous read, for an empty line split across two reads."""
+    end = data.find(b"\n\r\n")
+    if end < 0:
+        end = data.find(b"\n\n")  # bare line feeds
+    if end >= 0:
+        return end
+    edge = tail + data[:3]
+    return 0 if b"\n\r\n" in edge or b"\n\n" in edge else -1
+
+
 class Handler(web.RequestHandler):
     """aiohttp's connection protocol, telling the gate what the connection does."""
 
@@ -467,9 +486,27 @@ class Handler(web.RequestHandler):
         conn = self.monitor_conn
         if conn.phase == IDLE:
             self.monitor_gate.enter(conn, HEAD)  # a new request starts: its headers are timed
-        if conn.phase == HEAD and not conn.line_seen and b"\n" in data:
-            conn.line_seen = True
+        if conn.phase == HEAD and conn.head_bytes >= 0:
+            if not conn.line_seen and b"\n" in data:
+                conn.line_seen = True
+            end = head_end(conn.tail, data)  # what follows is a body or the next request
+            size = conn.head_bytes + (len(data) if end < 0 else end)
+            if size > self.monitor_gate.limits.max_header_bytes:
+                self._head_too_large()
+                return
+            conn.head_bytes = size if end < 0 else -1
+            conn.tail = data[-3:]
         super().data_received(data)
+
+    def _head_too_large(self) -> None:
+        """431 without feeding the parser more: what it holds per connection stays bounded."""
+        transport = self.transport
+        if transport is None:
+            return
+        body = b"431: Request Header Fields Too Large\n"
+        transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                        b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+        self.force_close()  # the transport sends what it holds, then closes
 
     def pause_writing(self) -> None:
         super().pause_writing()

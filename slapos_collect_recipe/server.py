@@ -135,6 +135,7 @@ LIMIT_FLAGS: tuple[tuple[str, str, float | int | None], ...] = (
     ("max-request-line", "bytes of the request line (414 beyond)", _DEFAULTS.max_request_line),
     ("max-header-field", "bytes of one header line (431 beyond)", _DEFAULTS.max_header_field),
     ("max-headers", "headers per request (431 beyond)", _DEFAULTS.max_headers),
+    ("max-header-bytes", "bytes of the whole request head (431 beyond)", _DEFAULTS.max_header_bytes),
 )
 
 

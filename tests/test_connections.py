@@ -324,7 +324,7 @@ def raw_exchange(server: RunningServer, data: bytes) -> bytes:
 
 def test_oversized_request_line_header_and_body(data_dir):
     with running_server(data_dir, "--max-request-line", "2000", "--max-header-field", "4000",
-                        "--max-headers", "20") as server:
+                        "--max-headers", "20", "--max-header-bytes", "10000") as server:
         answer = raw_exchange(server, b"GET /" + b"a" * 3000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
         assert re.match(rb"HTTP/1\.[01] 414 ", answer), answer[:100]
         answer = raw_exchange(server, b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 5000 + b"\r\n\r\n")
@@ -332,11 +332,20 @@ def test_oversized_request_line_header_and_body(data_dir):
         many = b"".join(b"X-%d: y\r\n" % i for i in range(30))
         answer = raw_exchange(server, b"GET / HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n")
         assert re.match(rb"HTTP/1\.[01] 431 ", answer), answer[:100]
+        # each line allowed, the whole head not: 431 before the parser holds it all
+        lines = b"".join(b"X-%d: %s\r\n" % (i, b"z" * 3000) for i in range(5))
+        answer = raw_exchange(server, b"GET / HTTP/1.1\r\nHost: x\r\n" + lines + b"\r\n")
+        assert re.match(rb"HTTP/1\.[01] 431 ", answer), answer[:100]
         answer = raw_exchange(server, b"NOT HTTP AT ALL\r\n\r\n")
         assert re.match(rb"HTTP/1\.[01] 400 ", answer), answer[:100]
         # a long but allowed request still works
         status, _, body = server.get("/?" + "q" * 1900)
         assert (status, body) == (200, b"OK")
+        # a head of 8,800 bytes, then a body of 3 MB in the same stream: the body is not counted
+        payload = os.urandom(3 * 1024 * 1024)
+        status, _, body = server.get(f"/{SECRET}/bench/upload", {f"X-Pad-{i}": "p" * 2900 for i in range(3)}, method="POST",
+                                     body=payload)
+        assert (status, json.loads(body)["bytes"]) == (200, len(payload))
         answer = raw_exchange(server, f"POST /{SECRET}/bench/upload HTTP/1.1\r\nHost: x\r\n"
                                  f"Content-Length: {300 * 1024 * 1024}\r\n\r\n".encode())
         assert re.match(rb"HTTP/1\.[01] 413 ", answer), answer[:100]
