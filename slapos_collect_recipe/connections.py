@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 
 log = logging.getLogger("slapos_collect")
 
@@ -524,7 +524,7 @@ class Handler(web.RequestHandler):
     def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
         """Malformed or oversized requests: 400, 414 or 431, one line, no traceback in the log."""
-        if status != 400 or not isinstance(exc, BadHttpMessage):
+        if status != 400 or not isinstance(exc, HttpProcessingError):
             return super().handle_error(request, status, exc, message)
         if request.writer.output_size > 0:
             raise ConnectionError("response already started")
