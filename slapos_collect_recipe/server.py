@@ -117,8 +117,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     limits = parser.add_argument_group("limits (see README: slapmonitor, Connections under load)")
     for flag, what, default in LIMIT_FLAGS:
         kind = "SECONDS" if flag.endswith("-timeout") else "N"
+        shown = f"{default:g}" if default is not None else "from the descriptor limit"
         limits.add_argument(f"--{flag}", type=float if kind == "SECONDS" else int, metavar=kind,
-                            help=f"{what} (default {default if default is not None else 'from the descriptor limit'})")
+                            help=f"{what} (default {shown})")
 
 
 _DEFAULTS = Limits()
