@@ -410,3 +410,34 @@ def test_per_address_key():
     one = address_key(("2001:db8:1:2::1", 4000, 0, 0), socket.AF_INET6)
     assert one == address_key(("2001:db8:1:2:ffff::9", 5000, 0, 0), socket.AF_INET6)  # one /64
     assert one != address_key(("2001:db8:1:3::1", 4000, 0, 0), socket.AF_INET6)
+
+
+def test_a_full_address_of_busy_connections_refuses_the_next_one(data_dir):
+    (data_dir / "big.bin").write_bytes(b"\0" * (64 * 1024 * 1024))
+    with running_server(data_dir, "--max-connections-per-address", "2") as server:
+        busy = []
+        try:
+            for _ in range(2):  # downloads that read nothing: busy in their handler, not waiting
+                conn = server.connection()
+                conn.request("GET", f"/{SECRET}/server-log/big.bin")
+                busy.append(conn)
+            time.sleep(1)
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as third:
+                third.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert closed_by_server(third)  # refused: nothing to drop
+            assert probe(server, source="127.0.0.2")[:2] == (200, b"OK")  # other addresses are served
+        finally:
+            for conn in busy:
+                conn.close()
+        figures: dict[str, float] = {}
+
+        def scraped() -> bool:  # from this address again, once the server has let the two go
+            try:
+                figures.update(scrape(server))
+            except (OSError, http.client.HTTPException):
+                return False
+            return True
+
+        wait_until(scraped, 10, "the address stays full")
+        assert figures['slapmonitor_connections_dropped_total{reason="refused"}'] >= 1
+        assert figures["slapmonitor_per_address_cap_hits_total"] >= 1
