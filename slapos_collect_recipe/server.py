@@ -123,12 +123,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 _DEFAULTS = Limits()
+BODY_TIMEOUT = 10.0  # seconds an upload's body may pause (its own pace, not the gate's)
 # (flag and [monitor] key, help, default); the key with "-" is the Limits field with "_"
 LIMIT_FLAGS: tuple[tuple[str, str, float | int | None], ...] = (
     ("header-timeout", "seconds for a request's headers to arrive", _DEFAULTS.header_timeout),
     ("idle-timeout", "seconds a keep-alive connection may wait for its next request", _DEFAULTS.idle_timeout),
     ("handshake-timeout", "seconds for a TLS handshake", _DEFAULTS.handshake_timeout),
-    ("body-timeout", "seconds an upload's body may pause", 10.0),
+    ("body-timeout", "seconds an upload's body may pause", BODY_TIMEOUT),
     ("send-timeout", "seconds a client may leave a response unread", _DEFAULTS.send_timeout),
     ("max-connections", "connections at once", None),
     ("max-connections-per-address", "connections at once from one address (IPv6: one /64)",
@@ -153,7 +154,7 @@ class ServeSettings:
     access_log: str | None
     log_file: str | None
     limits: Limits = field(default_factory=Limits)
-    body_timeout: float = 10.0
+    body_timeout: float = BODY_TIMEOUT
 
 
 def limit_settings(args: argparse.Namespace, cp: Any) -> tuple[Limits, float]:
@@ -173,7 +174,7 @@ def limit_settings(args: argparse.Namespace, cp: Any) -> tuple[Limits, float]:
         if not (value > 0 if seconds else value >= 1) or value != value or value == float("inf"):
             raise CollectError(f"{flag} must be {'above 0' if seconds else 'at least 1'}, not {raw}")
         values[flag] = value
-    body_timeout = float(values.pop("body-timeout", 10.0))
+    body_timeout = float(values.pop("body-timeout", BODY_TIMEOUT))
     names = {"max-connections-per-address": "per_address"}
     limits = Limits(**{names.get(k, k.replace("-", "_")): v for k, v in values.items()})
     return limits, body_timeout
