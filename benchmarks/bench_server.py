@@ -87,7 +87,8 @@ def make_folder(root: Path) -> None:
         path.chmod(0o644)
 
 
-def nginx_config(work: Path, root: Path, port: int) -> Path:
+def nginx_write_config(work: Path, worker_connections: int, http: str) -> Path:
+    """An nginx.conf in ``work`` (pid, logs, temp files there), ``http`` its http block's body."""
     user = "user root root;\n" if os.geteuid() == 0 else ""
     temp = "".join(f"    {kind}_temp_path {work / kind};\n"
                    for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
@@ -95,16 +96,18 @@ def nginx_config(work: Path, root: Path, port: int) -> Path:
     conf.write_text(
         f"{user}daemon off;\nworker_processes auto;\npid {work / 'nginx.pid'};\n"
         f"error_log {work / 'nginx-error.log'};\n"
-        "events { worker_connections 4096; }\n"
-        "http {\n"
-        f"    access_log {work / 'nginx-access.log'} combined buffer=64k flush=1s;\n"
-        f"{temp}"
-        "    sendfile on; tcp_nopush on; keepalive_requests 1000000;\n"
-        "    types { application/octet-stream bin; text/csv csv; application/gzip gz; }\n"
-        f"    server {{ listen 127.0.0.1:{port}; root {root}; autoindex on; }}\n"
-        "}\n"
+        f"events {{ worker_connections {worker_connections}; }}\n"
+        f"http {{\n{temp}{http}}}\n"
     )
     return conf
+
+
+def nginx_config(work: Path, root: Path, port: int) -> Path:
+    return nginx_write_config(work, 4096, (
+        f"    access_log {work / 'nginx-access.log'} combined buffer=64k flush=1s;\n"
+        "    sendfile on; tcp_nopush on; keepalive_requests 1000000;\n"
+        "    types { application/octet-stream bin; text/csv csv; application/gzip gz; }\n"
+        f"    server {{ listen 127.0.0.1:{port}; root {root}; autoindex on; }}\n"))
 
 
 def wrk(url: str, seconds: int) -> dict[str, float]:

@@ -16,7 +16,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -363,6 +363,37 @@ class StoreCollector:
                 ratio.add_metric([str(name)], value)
         yield degraded
         yield ratio
+
+
+class ConnectionsCollector:
+    """The slapmonitor's own connections, read from the server's counters when scraped.
+
+    ``figures`` returns ``{"connections", "max", "dropped": {reason: n}, "cap_hits",
+    "shortages"}`` (see connections.Gate.figures); it is called from the scrape's thread."""
+
+    def __init__(self, figures: Callable[[], dict[str, Any]]) -> None:
+        self.figures = figures
+
+    def collect(self) -> Iterator[Metric]:
+        figures = self.figures()
+        yield GaugeMetricFamily("slapmonitor_connections", "Connections open now (any phase)",
+                                value=figures["connections"])
+        yield GaugeMetricFamily("slapmonitor_connections_max", "The cap on connections at once",
+                                value=figures["max"])
+        dropped = CounterMetricFamily(
+            "slapmonitor_connections_dropped",
+            "Connections the server closed before they completed a request, or refused, by reason "
+            "(header_timeout, idle_timeout, handshake_timeout, send_timeout: too slow; full, per_address, "
+            "descriptors: dropped to make room; refused: no room)",
+            labels=["reason"])
+        for reason, count in figures["dropped"].items():
+            dropped.add_metric([reason], count)
+        yield dropped
+        yield CounterMetricFamily("slapmonitor_per_address_cap_hits",
+                                  "New connections that found their address at its cap", value=figures["cap_hits"])
+        yield CounterMetricFamily("slapmonitor_descriptor_shortages",
+                                  "Accepts that failed for lack of descriptors (accepting then pauses)",
+                                  value=figures["shortages"])
 
 
 def build_registry(data_dir: Path) -> CollectorRegistry:

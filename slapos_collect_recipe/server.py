@@ -38,7 +38,7 @@ import sys
 import tempfile
 import time
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,7 @@ from aiohttp.abc import AbstractAccessLogger
 from . import metrics
 from .atomic import write_atomic
 from .config import SECTION, add_common_arguments, get_bool, get_int, get_list, load_config, setup_logging
+from .connections import Gate, Limits, default_max_connections, descriptor_limit, hard_close
 from .errors import CollectError
 from .store import DB_NAME
 
@@ -113,6 +114,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--key", metavar="F", help="TLS private key (PEM); generated when missing")
     parser.add_argument("--no-tls", action="store_true", default=None, help="plain HTTP (local use only)")
     parser.add_argument("--access-log", metavar="F", help="combined-format access log file")
+    limits = parser.add_argument_group("limits (see README: slapmonitor, Connections under load)")
+    for flag, what, default in LIMIT_FLAGS:
+        kind = "SECONDS" if flag.endswith("-timeout") else "N"
+        shown = f"{default:g}" if default is not None else "from the descriptor limit"
+        limits.add_argument(f"--{flag}", type=float if kind == "SECONDS" else int, metavar=kind,
+                            help=f"{what} (default {shown})")
+
+
+_DEFAULTS = Limits()
+BODY_TIMEOUT = 10.0  # seconds an upload's body may pause (its own pace, not the gate's)
+# (flag and [monitor] key, help, default); the key with "-" is the Limits field with "_"
+LIMIT_FLAGS: tuple[tuple[str, str, float | int | None], ...] = (
+    ("header-timeout", "seconds for a request's headers to arrive", _DEFAULTS.header_timeout),
+    ("idle-timeout", "seconds a keep-alive connection may wait for its next request", _DEFAULTS.idle_timeout),
+    ("handshake-timeout", "seconds for a TLS handshake", _DEFAULTS.handshake_timeout),
+    ("body-timeout", "seconds an upload's body may pause", BODY_TIMEOUT),
+    ("send-timeout", "seconds a client may leave a response unread", _DEFAULTS.send_timeout),
+    ("max-connections", "connections at once", None),
+    ("max-connections-per-address", "connections at once from one address (IPv6: one /64)",
+     _DEFAULTS.per_address),
+    ("max-request-line", "bytes of the request line (414 beyond)", _DEFAULTS.max_request_line),
+    ("max-header-field", "bytes of one header line (431 beyond)", _DEFAULTS.max_header_field),
+    ("max-headers", "headers per request (431 beyond)", _DEFAULTS.max_headers),
+    ("max-header-bytes", "bytes of the whole request head (431 beyond)", _DEFAULTS.max_header_bytes),
+)
 
 
 @dataclass
@@ -127,6 +153,31 @@ class ServeSettings:
     key: Path | None
     access_log: str | None
     log_file: str | None
+    limits: Limits = field(default_factory=Limits)
+    body_timeout: float = BODY_TIMEOUT
+
+
+def limit_settings(args: argparse.Namespace, cp: Any) -> tuple[Limits, float]:
+    """The limits (flags over ``[monitor]``) and the upload's body timeout."""
+    values: dict[str, float | int] = {}
+    for flag, _, _ in LIMIT_FLAGS:
+        given = getattr(args, flag.replace("-", "_"), None)
+        raw = str(given) if given is not None else cp.get(MONITOR, flag, fallback="").strip()
+        if not raw:
+            continue
+        seconds = flag.endswith("-timeout")
+        try:
+            value: float | int = float(raw) if seconds else int(raw)
+        except ValueError:
+            raise CollectError(f"{flag} must be a {'number of seconds' if seconds else 'whole number'}, "
+                               f"not {raw!r}") from None
+        if not (value > 0 if seconds else value >= 1) or value != value or value == float("inf"):
+            raise CollectError(f"{flag} must be {'above 0' if seconds else 'at least 1'}, not {raw}")
+        values[flag] = value
+    body_timeout = float(values.pop("body-timeout", BODY_TIMEOUT))
+    names = {"max-connections-per-address": "per_address"}
+    limits = Limits(**{names.get(k, k.replace("-", "_")): v for k, v in values.items()})
+    return limits, body_timeout
 
 
 def serve_settings(args: argparse.Namespace) -> ServeSettings:
@@ -159,7 +210,10 @@ def serve_settings(args: argparse.Namespace) -> ServeSettings:
         raise CollectError("give both --cert and --key, or neither")
     if not no_tls and not cert:
         cert, key = str(data_dir / CERT_NAME), str(data_dir / KEY_NAME)
+    limits, body_timeout = limit_settings(args, cp)
     return ServeSettings(
+        limits=limits,
+        body_timeout=body_timeout,
         data_dir=data_dir,
         hosts=hosts,
         hosts_given=hosts_given,
@@ -456,15 +510,20 @@ def file_headers(name: str, st: os.stat_result) -> tuple[dict[str, str], str, st
     return headers, etag, last_modified
 
 
-async def send_file_threaded(sock_fd: int, file_fd: int, offset: int, count: int) -> None:
+async def send_file_threaded(sock_fd: int, file_fd: int, offset: int, count: int,
+                             stall: float | None = None) -> None:
     """``sendfile`` on a worker thread, so that large files go out on every core
     (the kernel copy runs without the GIL), waiting for room on the event loop.
 
     The socket is non-blocking: a thread never waits on a slow client. It works
     on a duplicate of the transport's descriptor, so that the number can never
-    be reused under it, and closes it only once no thread uses it."""
+    be reused under it, and closes it only once no thread uses it. A client that
+    reads nothing for ``stall`` seconds is treated as gone."""
     loop = asyncio.get_running_loop()
-    fd = os.dup(sock_fd)
+    try:
+        fd = os.dup(sock_fd)
+    except OSError as exc:  # out of descriptors: the gate is closing connections to make room
+        raise ConnectionResetError(f"cannot send the file: {exc.strerror}") from None
     pending: asyncio.Future | None = None
     try:
         end = offset + count
@@ -476,7 +535,10 @@ async def send_file_threaded(sock_fd: int, file_fd: int, offset: int, count: int
                 room = loop.create_future()
                 loop.add_writer(fd, _wake, room)
                 try:
-                    await room
+                    async with asyncio.timeout(stall):
+                        await room
+                except TimeoutError:
+                    raise ConnectionResetError("the client reads nothing") from None
                 finally:
                     loop.remove_writer(fd)
             elif sent == 0:
@@ -522,11 +584,6 @@ class Monitor:
         self.not_found_headers = {"Content-Type": "text/plain; charset=utf-8", **SECURITY_HEADERS}
 
     # -- routing ----------------------------------------------------------
-
-    def build_server(self, **kwargs: Any) -> web.Server:
-        """aiohttp's low-level server: one handler, no router nor middleware
-        (the routes are few and fixed; this is the probe's fast path)."""
-        return web.Server(self.handle, max_field_size=16384, **kwargs)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         if request.path == "/":
@@ -773,14 +830,18 @@ class Monitor:
                 if transport.get_extra_info("sslcontext") is None:
                     sock = transport.get_extra_info("socket")
                     if sock is not None and transport.get_write_buffer_size() == 0:
-                        await send_file_threaded(sock.fileno(), handle.fileno(), start, count)
+                        await send_file_threaded(sock.fileno(), handle.fileno(), start, count,
+                                                 self.settings.limits.send_timeout)
                     else:
                         await asyncio.get_running_loop().sendfile(transport, handle, start, count)
                 else:  # no sendfile through TLS: read in a thread, encrypt here
                     await self._copy(response, handle, start, count)
             await response.write_eof()
         except ConnectionError:
-            pass  # the client left mid-transfer: nothing to answer, nothing to log
+            # The client left mid-transfer or reads nothing: nothing to answer, nothing to
+            # log, and the truncated answer must not look complete on a kept connection.
+            if request.transport is not None:
+                hard_close(request.transport)
         return response
 
     @staticmethod
@@ -943,7 +1004,7 @@ class Monitor:
 
     async def bench_upload(self, request: web.BaseRequest) -> web.Response:
         if request.content_length is not None and request.content_length > BENCH_MAX_BYTES:
-            return web.Response(status=413, text=f"at most {BENCH_MAX_BYTES} bytes\n")
+            return closing(web.Response(status=413, text=f"at most {BENCH_MAX_BYTES} bytes\n"))
         refused = self._bench_refused(request)
         if refused is not None:
             return refused
@@ -951,24 +1012,32 @@ class Monitor:
         try:
             started = time.perf_counter()
             received = 0
+            pause = self.settings.body_timeout  # the body's pace: some bytes this often
             while True:
+                left = started + BENCH_TRANSFER_SECONDS - time.perf_counter()
                 try:
-                    async with asyncio.timeout(max(0.0, started + BENCH_TRANSFER_SECONDS - time.perf_counter())):
+                    async with asyncio.timeout(max(0.0, min(left, pause))):
                         chunk = await request.content.readany()
                 except ConnectionError:
                     return web.Response(status=400, text="upload interrupted\n")
                 except TimeoutError:
-                    return web.Response(status=408, text="upload too slow\n")
+                    return closing(web.Response(status=408, text="upload too slow\n"))
                 if not chunk:
                     break
                 received += len(chunk)
                 if received > BENCH_MAX_BYTES:
-                    return web.Response(status=413, text=f"at most {BENCH_MAX_BYTES} bytes\n")
+                    return closing(web.Response(status=413, text=f"at most {BENCH_MAX_BYTES} bytes\n"))
             seconds = time.perf_counter() - started
         finally:
             self.bench_busy = False
         body = json.dumps({"bytes": received, "seconds": round(seconds, 6)}).encode()
         return web.Response(body=body, headers={"Content-Type": "application/json", "Cache-Control": "no-store"})
+
+
+def closing(response: web.Response) -> web.Response:
+    """The rest of the body is not read: the connection closes after the answer."""
+    response.force_close()
+    return response
 
 
 BENCH_BLOCK = os.urandom(BENCH_CHUNK)
@@ -986,21 +1055,30 @@ def cleanup_snapshots(root: Path) -> None:
             leftover.unlink()
 
 
-async def serve(settings: ServeSettings, sockets: list[socket.socket], context: ssl.SSLContext | None) -> None:
+async def serve(settings: ServeSettings, sockets: list[socket.socket], context: ssl.SSLContext | None,
+                descriptors: int) -> None:
     monitor = Monitor(settings)
     access = AccessLogFile(settings.access_log, settings.secret) if settings.access_log else None
-    runner = web.ServerRunner(
-        monitor.build_server(access_log_class=CombinedAccessLogger, access_log=access),
-        handle_signals=False,
-        shutdown_timeout=5.0,
-    )
+    limits = settings.limits
+    # The connections are the Gate's (its own accept loop, caps, timeouts); aiohttp's
+    # low-level server (one handler, no router nor middleware: the probe's fast path)
+    # parses and answers; its runner shuts down gracefully.
+    most = limits.max_connections or default_max_connections(descriptors)
+    gate = Gate(monitor.handle, limits, most, context,
+                {"access_log_class": CombinedAccessLogger, "access_log": access})
+    runner = web.ServerRunner(gate.server, handle_signals=False, shutdown_timeout=5.0)
     await runner.setup()
+    monitor.registry.register(metrics.ConnectionsCollector(gate.figures))
     try:
-        for sock in sockets:
-            await web.SockSite(runner, sock, ssl_context=context, backlog=1024).start()
+        gate.start(sockets)
         urls = " ".join(url_of(sock, context is not None) for sock in sockets)
-        log.info("listening on %s", urls)
-        print(f"slapmonitor: listening on {urls}", file=sys.stderr, flush=True)
+        figures = (f"{descriptors} descriptors, at most {most} connections, "
+                   f"{limits.per_address} per address")
+        log.info("listening on %s (%s)", urls, figures)
+        print(f"slapmonitor: listening on {urls} ({figures})", file=sys.stderr, flush=True)
+        if most > descriptors - 32:
+            log.warning("max-connections %d leaves almost no descriptors of %d for files: "
+                        "accepting will pause when they run out", most, descriptors)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -1012,7 +1090,9 @@ async def serve(settings: ServeSettings, sockets: list[socket.socket], context: 
                 access.flush()
         log.info("stopping")
     finally:
+        gate.stop_accepting()
         await runner.cleanup()
+        gate.abort_all()
         if access:
             access.flush()
             access.close()
@@ -1035,8 +1115,9 @@ def run(args: argparse.Namespace) -> int:
         context = ssl_context(settings.cert, settings.key)
     sockets = bind_sockets(settings.hosts, settings.port, settings.hosts_given)
     cleanup_snapshots(settings.data_dir)
+    descriptors = descriptor_limit()
     try:
-        asyncio.run(serve(settings, sockets, context))
+        asyncio.run(serve(settings, sockets, context, descriptors))
     finally:
         for sock in sockets:
             sock.close()

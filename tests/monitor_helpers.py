@@ -6,7 +6,7 @@
 
 The server is the real console script in a subprocess, on ``--port 0``; the
 port is read from the one line it prints at start
-(``slapmonitor: listening on URL [URL...]``).
+(``slapmonitor: listening on URL [URL...] (N descriptors, at most M connections, ...)``).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 from conftest import SCRIPTS
 
 SECRET = "test-secret-0123456789abcdefABCDEF"
-LISTENING = re.compile(r"listening on (.+)$")
+LISTENING = re.compile(r"listening on (\S+://\S+(?: \S+://\S+)*)")  # then "(N descriptors, ...)"
 
 
 def has_ipv6() -> bool:
@@ -101,8 +101,9 @@ class RunningServer:
 
 def start_server(data_dir: Path, *args: str, hosts: tuple[str, ...] = ("127.0.0.1",), tls: bool | None = False,
                  secret: str | None = SECRET, command: str = "slapos-collect", timeout: float = 30,
-                 env: dict | None = None) -> RunningServer:
-    cmd = [str(SCRIPTS / command)]
+                 env: dict | None = None, prefix: tuple[str, ...] = ()) -> RunningServer:
+    """``prefix``: a command the server runs under (``prlimit --nofile=1024:1024 --``)."""
+    cmd = [*prefix, str(SCRIPTS / command)]
     if command == "slapos-collect":
         cmd.append("serve")
     cmd += ["--data-dir", str(data_dir), "--port", "0"]

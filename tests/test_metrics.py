@@ -258,3 +258,26 @@ def test_real_collect_runs_scraped(data_dir, tmp_path):
         assert seen[-1]["slapos_partition_cpu_percent"][key] == pytest.approx(row["cpu_percent"])
         assert seen[-1]["slapos_partition_processes"][key] == row["processes"]
     assert "node_load1" in seen[-1]
+
+
+def test_slapmonitor_connections_read_when_scraped():
+    from prometheus_client import CollectorRegistry
+
+    figures = {"connections": 3, "max": 896, "dropped": {"header_timeout": 5, "full": 0, "refused": 2},
+               "cap_hits": 7, "shortages": 1}
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(metrics.ConnectionsCollector(lambda: figures))
+    first = metrics.render(registry).decode()
+    figures["connections"] = 4
+    figures["dropped"]["full"] = 9
+    samples = {}
+    for family in text_string_to_metric_families(metrics.render(registry).decode()):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    assert "slapmonitor_connections 3.0" in first
+    assert samples[("slapmonitor_connections", ())] == 4  # read again at each scrape
+    assert samples[("slapmonitor_connections_max", ())] == 896
+    assert samples[("slapmonitor_connections_dropped_total", (("reason", "header_timeout"),))] == 5
+    assert samples[("slapmonitor_connections_dropped_total", (("reason", "full"),))] == 9
+    assert samples[("slapmonitor_per_address_cap_hits_total", ())] == 7
+    assert samples[("slapmonitor_descriptor_shortages_total", ())] == 1
