@@ -40,7 +40,8 @@ from accounting_workloads import Collector, ensure_user, own_cgroup, remove_user
 USER_BASE = f"scbench{os.getpid()}u"
 USER = f"{USER_BASE}0"
 WORKLOADS = [
-    ("build", "build-like: a live parent starting 40 jobs of 0.12 s, one in three with a job of its own"),
+    ("build", "build-like: a live parent starting 40 jobs one after the other (0.12 s forks, some with a "
+               "job of their own; one in four a shell loop)"),
     ("across", "one child across several runs, then reaped by its live parent"),
     ("busy", "a busy loop"),
     ("daemon", "a double-forked daemon reaped by a root subreaper"),

@@ -191,9 +191,10 @@ def test_io_of_ended_processes_counted_once(mechanism: str, partition_user, acco
     expected = IO_JOBS * IO_WRITES * IO_BLOCK
     print(f"io {mechanism}: {written} bytes of {expected}, {calls} calls of {IO_JOBS * IO_WRITES}; "
           f"CPU {collectors[mechanism].cpu(USER) / truth:.2%}")
-    assert expected <= written <= expected + 64 * 1024
-    assert IO_JOBS * IO_WRITES <= calls <= IO_JOBS * IO_WRITES + 100
-    assert 0.98 <= collectors[mechanism].cpu(USER) / truth <= 1.01
+    detail = [tuple(row) for row in rows]
+    assert expected <= written <= expected + 64 * 1024, detail
+    assert IO_JOBS * IO_WRITES <= calls <= IO_JOBS * IO_WRITES + 100, detail
+    assert 0.98 <= collectors[mechanism].cpu(USER) / truth <= 1.01, (truth, detail)
 
 
 @pytest.mark.parametrize("mechanism", ["children", "cgroup"])
