@@ -192,7 +192,7 @@ def test_io_of_ended_processes_counted_once(mechanism: str, partition_user, acco
     print(f"io {mechanism}: {written} bytes of {expected}, {calls} calls of {IO_JOBS * IO_WRITES}; "
           f"CPU {collectors[mechanism].cpu(USER) / truth:.2%}")
     detail = [tuple(row) for row in rows]
-    assert expected <= written <= expected + 64 * 1024, detail
+    assert expected <= written <= expected + 128 * 1024, detail  # + the jobs' own reports of their truth
     assert IO_JOBS * IO_WRITES <= calls <= IO_JOBS * IO_WRITES + 100, detail
     assert 0.98 <= collectors[mechanism].cpu(USER) / truth <= 1.01, (truth, detail)
 
