@@ -104,6 +104,14 @@ def _interface_ok(name: str) -> bool:
 def targets(settings: CollectSettings, notes: Notes) -> list[Target]:
     """Each partition with its uid, valid addresses and existing interfaces; bad entries are noted and skipped."""
     by_label = {p.label: Target(p.label, p.uid) for p in settings.partitions}
+    # A uid counts for one partition only: the last one given, which the process sampler gives the
+    # processes to as well; the others are measured by their addresses and interfaces.
+    by_uid = {t.uid: t.label for t in by_label.values() if t.uid is not None}
+    for target in by_label.values():
+        if target.uid is not None and by_uid[target.uid] != target.label:
+            notes.problem(f"uid {target.uid} of partition {target.label} is also partition {by_uid[target.uid]}'s, "
+                          f"whose traffic it counts: {target.label} is measured by address and interface only")
+            target.uid = None
     owner: dict[str, str] = {}  # address -> label
 
     def add_address(label: str, raw: str, origin: str) -> None:

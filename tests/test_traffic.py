@@ -636,6 +636,30 @@ def test_bad_input_is_one_line_and_the_others_are_measured(net, users, server, t
         assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
+@needs_nft
+def test_two_partitions_of_one_uid(net, users, server, table, data_dir) -> None:
+    """Two user names of one uid: the uid counts for the last one (as the processes do), the other is measured
+    by its address, and the run says so in one line."""
+    alias = f"{users[0].pw_name[:-1]}a"
+    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "-o",
+                    "-u", str(users[0].pw_uid), "-g", str(users[0].pw_gid), alias], check=True, capture_output=True)
+    try:
+        args = ("--user", alias, "--user", users[0].pw_name, "--address", f"{alias}={net.part4[1]}")
+        for _ in range(2):
+            proc = collect(net, data_dir, *args, expect=1)
+            assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+            assert f"partition {alias} is also partition {users[0].pw_name}'s" in proc.stderr, proc.stderr
+            workload(net, users[0], f"{net.part4[0]},{net.peer4},D,{MB}", f"{net.part4[1]},{net.peer4},D,{MB}")
+        collect(net, data_dir, *args, expect=1)
+    finally:
+        subprocess.run(["userdel", alias], capture_output=True)
+    rows = last_rows(data_dir)
+    assert_close(rows[users[0].pw_name]["net_in_bytes"], 2 * MB, "by the uid")
+    # Not counted twice: the uid rule took its packets before the address rule could (only packets of no
+    # socket, as the ACK of a closed connection, count by address).
+    assert rows[alias]["net_source"] == "nftables" and rows[alias]["net_in_bytes"] < SLACK
+
+
 def test_computer_xml_reader(tmp_path) -> None:
     """slapformat's marshalled dictionary: references, taps, tuns, a partition without a user or tap."""
     xml = tmp_path / "slapos.xml"
