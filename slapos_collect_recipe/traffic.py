@@ -113,6 +113,7 @@ def targets(settings: CollectSettings, notes: Notes) -> list[Target]:
                           f"whose traffic it counts: {target.label} is measured by address and interface only")
             target.uid = None
     owner: dict[str, str] = {}  # address -> label
+    interface_owner: dict[str, str] = {}  # interface -> label
 
     def add_address(label: str, raw: str, origin: str) -> None:
         address = normal_address(raw.strip())
@@ -132,6 +133,9 @@ def targets(settings: CollectSettings, notes: Notes) -> list[Target]:
                           "not exist: not measured", logging.INFO)
             else:
                 notes.problem(f"{origin} {name!r} of partition {label} does not exist: not measured")
+        elif interface_owner.setdefault(name, label) != label:
+            notes.problem(f"{origin} {name} of partition {label} is already partition {interface_owner[name]}'s: "
+                          "ignored")
         elif name not in by_label[label].interfaces:
             by_label[label].interfaces.append(name)
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import SCRIPTS
+from conftest import SCRIPTS, run_cli
 from other_user import other_user_runtime, shared_dir
 
 from slapos_collect_recipe import computer_xml, nft, sockdiag
@@ -747,3 +747,16 @@ def test_state_of_another_shape_is_a_new_baseline(tmp_path) -> None:
     measured, _, _ = traffic.measure(settings, state)
     figures, source = measured["me"]
     assert figures is not None and figures.in_bytes >= 0 and source == "interface+sockets"
+
+
+def test_one_interface_counts_for_one_partition(tmp_path, data_dir) -> None:
+    """An interface given to two partitions is the first one's: never counted twice."""
+    args = ("collect", "--data-dir", str(data_dir), "--partition", f"a={tmp_path}", "--partition", f"b={tmp_path}",
+            "--interface", "a=lo", "--interface", "b=lo", "--network-accounting", "no")
+    for _ in range(2):
+        proc = run_cli(*args)
+        assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert "interface lo of partition b is already partition a's: ignored" in proc.stderr, proc.stderr
+    rows = last_rows(data_dir)
+    assert rows["a"]["net_source"] == "interface" and rows["a"]["net_in_bytes"] is not None
+    assert rows["b"]["net_source"] is None and rows["b"]["net_in_bytes"] is None
