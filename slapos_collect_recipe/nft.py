@@ -59,8 +59,11 @@ class Layout:
 
 @functools.lru_cache(maxsize=4096)
 def counter_name(label: str, direction: str, key: str) -> str:
-    """A stable counter name for (partition, direction, uid or address): nft's names are plain words."""
+    """A stable counter name for (partition, direction, uid or address): nft's names are plain words
+    that begin with a letter (``0app_in_...`` is a syntax error that would refuse the whole table)."""
     word = re.sub(r"[^A-Za-z0-9]", "_", label)[:40]
+    if not word[:1].isalpha():
+        word = f"p{word}"
     digest = hashlib.sha1(f"{label}\0{direction}\0{key}".encode()).hexdigest()[:10]
     return f"{word}_{direction}_{digest}"
 

@@ -760,3 +760,18 @@ def test_one_interface_counts_for_one_partition(tmp_path, data_dir) -> None:
     rows = last_rows(data_dir)
     assert rows["a"]["net_source"] == "interface" and rows["a"]["net_in_bytes"] is not None
     assert rows["b"]["net_source"] is None and rows["b"]["net_in_bytes"] is None
+
+
+@needs_nft
+def test_labels_of_any_shape_make_a_table_nft_takes(net, users, server, table, tmp_path, data_dir) -> None:
+    """Counter names come from labels: one beginning with a digit or made of other characters still gives a
+    table nft accepts (else every partition would fall back to the sockets)."""
+    labels = ["0app", "_x", "é-ü.1"]
+    args = [arg for i, label in enumerate(labels) for arg in (
+        "--partition", f"{label}={tmp_path}", "--address", f"{label}={[*net.part4, *net.part6][i]}")]
+    collect(net, data_dir, *args)
+    workload(net, users[0], f"{net.part4[0]},{net.peer4},D,{MB}")
+    collect(net, data_dir, *args)
+    rows = last_rows(data_dir)
+    assert [rows[label]["net_source"] for label in labels] == ["nftables"] * 3
+    assert_close(rows["0app"]["net_in_bytes"], MB, "a label beginning with a digit")
