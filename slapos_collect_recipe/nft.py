@@ -26,9 +26,10 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 from dataclasses import dataclass, field
+
+from .traffic import normal_address
 
 TABLE = "slapos_collect"
 FAMILY = "inet"
@@ -144,13 +145,9 @@ class Listing:
 
 
 def _key(value: object) -> str:
-    """A map key as the layout writes it: nft prints addresses as inet_ntop does, uids as numbers."""
+    """A map key as the layout writes it: addresses normalised as the settings' are, uids as numbers."""
     text = str(value)
-    family = socket.AF_INET6 if ":" in text else socket.AF_INET
-    try:
-        return socket.inet_ntop(family, socket.inet_pton(family, text))
-    except (OSError, ValueError):
-        return text
+    return normal_address(text) or text
 
 
 def read_table() -> Listing | None:

@@ -10,6 +10,7 @@ addresses assigned inside these namespaces are used; nothing leaves them.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import pwd
@@ -767,11 +768,34 @@ def test_labels_of_any_shape_make_a_table_nft_takes(net, users, server, table, t
     """Counter names come from labels: one beginning with a digit or made of other characters still gives a
     table nft accepts (else every partition would fall back to the sockets)."""
     labels = ["0app", "_x", "é-ü.1"]
-    args = [arg for i, label in enumerate(labels) for arg in (
-        "--partition", f"{label}={tmp_path}", "--address", f"{label}={[*net.part4, *net.part6][i]}")]
+    # The addresses written otherwise than nft prints them: IPv4-mapped, upper case and zeros written out.
+    other_ways = [f"::ffff:{net.part4[0]}", net.part4[1],
+                  ipaddress.IPv6Address(net.part6[0]).exploded.upper()]
+    args = [arg for label, address in zip(labels, other_ways, strict=True)
+            for arg in ("--partition", f"{label}={tmp_path}", "--address", f"{label}={address}")]
     collect(net, data_dir, *args)
-    workload(net, users[0], f"{net.part4[0]},{net.peer4},D,{MB}")
+    workload(net, users[0], f"{net.part4[0]},{net.peer4},D,{MB}", f"{net.part6[0]},{net.peer6},U,{MB}")
     collect(net, data_dir, *args)
     rows = last_rows(data_dir)
     assert [rows[label]["net_source"] for label in labels] == ["nftables"] * 3
-    assert_close(rows["0app"]["net_in_bytes"], MB, "a label beginning with a digit")
+    assert_close(rows["0app"]["net_in_bytes"], MB, "a label beginning with a digit, an IPv4-mapped address")
+    assert_close(rows["é-ü.1"]["net_out_bytes"], MB, "an IPv6 address written out in upper case")
+    assert rows["_x"]["net_in_bytes"] < SLACK
+
+
+def test_an_address_written_two_ways_is_one_address(tmp_path) -> None:
+    """Addresses are compared as nft prints them: two spellings of one address are one partition's."""
+    from slapos_collect_recipe import traffic
+    from slapos_collect_recipe.config import CollectSettings, Partition
+
+    settings = CollectSettings(data_dir=tmp_path, partitions=[Partition(label) for label in "abc"],
+                               addresses={"a": ["10.0.0.1", "fd00::1"], "b": ["::FFFF:10.0.0.1", "2001:DB8:0::0:1"],
+                                          "c": ["FD00:0:0::0001", "2001:db8::1"]})
+    notes = traffic.Notes(None)
+    found = {t.label: t.addresses for t in traffic.targets(settings, notes)}
+    assert found == {"a": ["10.0.0.1", "fd00::1"], "b": ["2001:db8::1"], "c": []}
+    assert notes.problems == [
+        "address 10.0.0.1 of partition b is already partition a's: ignored",
+        "address fd00::1 of partition c is already partition a's: ignored",
+        "address 2001:db8::1 of partition c is already partition b's: ignored",
+    ]
