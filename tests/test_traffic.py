@@ -689,7 +689,9 @@ def test_computer_xml_reader(tmp_path) -> None:
     assert (second.reference, second.user, second.addresses, second.interfaces) == (
         "slappart1", "slapuser0", [], [])
     for content in ("", "<marshal/>", "<marshal><string>x</string></marshal>",
-                    "<marshal><dictionary id='1'><string>k</string></dictionary></marshal>"):
+                    "<marshal><dictionary id='1'><string>k</string></dictionary></marshal>",
+                    "<marshal><dictionary id='1'><list id='2'/><string>v</string></dictionary></marshal>",
+                    "<marshal>" + "<list>" * 5000 + "</list>" * 5000 + "</marshal>"):
         xml.write_text(content)
         with pytest.raises(computer_xml.ComputerXmlError, match="computer XML"):
             computer_xml.read(str(xml))
