@@ -41,6 +41,7 @@ MAPS = {
     "uid_out": ("uid", "meta skuid"), "out4": ("ipv4_addr", "ip saddr"), "out6": ("ipv6_addr", "ip6 saddr"),
 }
 CHAINS = {"input": ["uid_in", "in4", "in6"], "output": ["uid_out", "out4", "out6"]}
+OWN_EXPRESSIONS = {"match", "counter", "return"}  # what the rules above are made of, in nft -j
 
 
 class NftError(Exception):
@@ -180,12 +181,15 @@ def _listing(items: list[dict]) -> Listing:
             c = item["chain"]
             if c.get("hook") == c.get("name") and c.get("policy") == "accept" and c.get("prio") == PRIORITY:
                 listing.chains.add(c["name"])
-        elif "rule" in item:
+        elif "rule" in item and item["rule"]["chain"] in CHAINS:
             r = item["rule"]
-            for expr in r.get("expr", []):
-                counter = expr.get("counter")
-                if isinstance(counter, dict) and isinstance(counter.get("map"), dict):
-                    listing.rules.setdefault(r["chain"], []).append(str(counter["map"].get("data", "")).lstrip("@"))
+            exprs = r.get("expr", [])
+            maps = [str(e["counter"]["map"].get("data", "")).lstrip("@") for e in exprs
+                    if isinstance(e.get("counter"), dict) and isinstance(e["counter"].get("map"), dict)]
+            # A rule of this table only matches, counts and returns: one that does anything else
+            # (someone's verdict, mark, limit...) is not ours, and the table is restored.
+            ours = len(maps) == 1 and all(set(e) <= OWN_EXPRESSIONS for e in exprs)
+            listing.rules.setdefault(r["chain"], []).append(maps[0] if ours else "")
     return listing
 
 

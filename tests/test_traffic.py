@@ -377,6 +377,25 @@ def test_flushed_or_deleted_table_is_recreated_and_the_interval_unknown(net, use
 
 
 @needs_nft
+def test_a_statement_added_to_the_table_is_taken_out(net, users, table, data_dir) -> None:
+    """The table only counts: a rule someone adds to its chains (one that marks packets, one that counts and
+    drops) is taken out by the next run, which says so and stores NULL for that interval."""
+    me = users[0].pw_name
+    args = ("--user", me, "--address", f"{me}={net.part4[0]}", "--log-file", str(data_dir / "log"))
+    collect(net, data_dir, *args)
+    for rule in (["meta", "mark", "set", "1"], ["counter", "name", "ip", "daddr", "map", "@in4", "drop"]):
+        subprocess.run(net.node_cmd("nft", "add", "rule", "inet", "slapos_collect", "input", *rule), check=True)
+        collect(net, data_dir, *args)
+        assert last_rows(data_dir)[me]["net_in_bytes"] is None, rule
+        listing = subprocess.run(net.node_cmd("nft", "list", "table", "inet", "slapos_collect"),
+                                 capture_output=True, text=True, check=True).stdout
+        assert "mark" not in listing and "drop" not in listing, listing
+        collect(net, data_dir, *args)
+        assert last_rows(data_dir)[me]["net_in_bytes"] is not None, rule
+    assert (data_dir / "log").read_text().count("changed by someone else") == 2
+
+
+@needs_nft
 def test_partitions_added_and_removed_keep_the_others_measured(net, users, server, table, data_dir) -> None:
     one = ("--user", users[0].pw_name, "--address", f"{users[0].pw_name}={net.part4[0]}")
     two = (*one, "--user", users[1].pw_name, "--address", f"{users[1].pw_name}={net.part4[1]}")
