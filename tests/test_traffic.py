@@ -431,6 +431,26 @@ def test_network_accounting_remove_leaves_no_table(net, users, table, data_dir) 
 
 
 @needs_nft
+def test_without_nft_or_root_one_line(net, users, table, data_dir) -> None:
+    """nft missing (hidden by a mount namespace of this test) or not root: ``network-accounting`` and its
+    ``--remove`` say so in one line; ``collect`` falls back to the sockets and stores its run."""
+    no_nft = ["unshare", "--mount", "sh", "-c", 'mount --bind /dev/null /usr/sbin/nft && exec "$@"', "sh",
+              "env", "PATH=/usr/bin:/bin"]
+    runtime = other_user_runtime()
+    for args in (["network-accounting"], ["network-accounting", "--remove"]):
+        for how, cmd, env in (("not installed", [*no_nft, str(SCRIPTS / "slapos-collect"), *args], None),
+                              ("must be root", _as_user(users[0], *runtime.command(*args)), runtime.env())):
+            proc = subprocess.run(net.node_cmd(*cmd), capture_output=True, text=True, timeout=60, env=env)
+            assert proc.returncode == 2 and how in proc.stderr, (how, args, proc.stderr)
+            assert len(proc.stderr.strip().splitlines()) == 1 and proc.stdout == "", proc.stderr
+    me = users[0].pw_name
+    cmd = [*no_nft, str(SCRIPTS / "slapos-collect"), "collect", "--data-dir", str(data_dir), "--user", me]
+    proc = subprocess.run(net.node_cmd(*cmd), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "the nft command is not installed" in proc.stderr, proc.stderr
+    assert last_rows(data_dir)[me]["net_source"] == "sockets"
+
+
+@needs_nft
 def test_loopback_between_partitions_counts_once_per_side(net, users, table, data_dir) -> None:
     """Partition 1 serves on its address, partition 0 downloads from it over loopback: 0's in is 1's out."""
     args = ("--user", users[0].pw_name, "--user", users[1].pw_name,
