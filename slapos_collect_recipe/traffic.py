@@ -119,19 +119,22 @@ def targets(settings: CollectSettings, notes: Notes) -> list[Target]:
             notes.problem(f"uid {target.uid} of partition {target.label} is also partition {by_uid[target.uid]}'s, "
                           f"whose traffic it counts: {target.label} is measured by address and interface only")
             target.uid = None
-    owner: dict[str, str] = {}  # address -> label
+    address_owner: dict[str, str] = {}  # address -> label
     interface_owner: dict[str, str] = {}  # interface -> label
+
+    def claim(owners: dict[str, str], value: str, label: str, origin: str, kept: list[str]) -> None:
+        """``value`` is ``label``'s, unless another partition had it first: counted once, for that one."""
+        if owners.setdefault(value, label) != label:
+            notes.problem(f"{origin} {value} of partition {label} is already partition {owners[value]}'s: ignored")
+        elif value not in kept:
+            kept.append(value)
 
     def add_address(label: str, raw: str, origin: str) -> None:
         address = normal_address(raw.strip())
         if address is None:
             notes.problem(f"{origin} {raw!r} of partition {label} is not an IP address: ignored")
-            return
-        if owner.setdefault(address, label) != label:
-            notes.problem(f"{origin} {address} of partition {label} is already partition {owner[address]}'s: "
-                          "ignored")
-        elif address not in by_label[label].addresses:
-            by_label[label].addresses.append(address)
+        else:
+            claim(address_owner, address, label, origin, by_label[label].addresses)
 
     def add_interface(label: str, name: str, origin: str, quiet: bool) -> None:
         if not _interface_ok(name):
@@ -140,11 +143,8 @@ def targets(settings: CollectSettings, notes: Notes) -> list[Target]:
                           "not exist: not measured", logging.INFO)
             else:
                 notes.problem(f"{origin} {name!r} of partition {label} does not exist: not measured")
-        elif interface_owner.setdefault(name, label) != label:
-            notes.problem(f"{origin} {name} of partition {label} is already partition {interface_owner[name]}'s: "
-                          "ignored")
-        elif name not in by_label[label].interfaces:
-            by_label[label].interfaces.append(name)
+        else:
+            claim(interface_owner, name, label, origin, by_label[label].interfaces)
 
     if settings.computer_xml:
         from . import computer_xml
@@ -237,23 +237,20 @@ def measure_interfaces(targets_: list[Target], previous: dict, notes: Notes
     for target in targets_:
         if not target.interfaces:
             continue
-        total: Figures | None = Figures()
+        parts: list[Figures | None] = []
         for name in target.interfaces:
             now = _read_interface(name, counters, previous.get(name))
             if now is None:
                 notes.say(f"interface:{target.label}:{name}", f"interface {name} of partition {target.label} "
                           "vanished: not measured")
-                total = None
+                parts.append(None)
                 continue
             state[name] = now
             part = _interface_figures(now, previous.get(name))
             if part is None and name in previous:
                 log.info("network: interface %s of %s was re-created or reset: new baseline", name, target.label)
-            if part is None or total is None:
-                total = None
-            else:
-                total.add(part)
-        result[target.label] = total
+            parts.append(part)
+        result[target.label] = _sum(parts)
     return result, state
 
 
@@ -300,19 +297,18 @@ def measure_nftables(targets_: list[Target], previous: dict | None, notes: Notes
             current = {name: current.get(name, (0, 0)) for name in layout.counters}
     result: dict[str, Figures | None] = {}
     for target in wanted:
-        total: Figures | None = Figures()
+        parts: list[Figures | None] = []
         for name, direction in nft.partition_counters(target.label, target.uid, target.addresses).items():
             packets, size = current[name]
             before = prev_counters.get(name)
-            if total is None or name not in valid or not isinstance(before, list) or len(before) != 2 \
+            if name not in valid or not isinstance(before, list) or len(before) != 2 \
                     or packets < before[0] or size < before[1]:
-                total = None  # new, re-created or reset counter: a new baseline
-                continue
-            if direction == "in":
-                total.add(Figures(in_bytes=size - before[1], in_packets=packets - before[0]))
+                parts.append(None)  # new, re-created or reset counter: a new baseline
+            elif direction == "in":
+                parts.append(Figures(in_bytes=size - before[1], in_packets=packets - before[0]))
             else:
-                total.add(Figures(out_bytes=size - before[1], out_packets=packets - before[0]))
-        result[target.label] = total
+                parts.append(Figures(out_bytes=size - before[1], out_packets=packets - before[0]))
+        result[target.label] = _sum(parts)
     state = {"counters": {name: list(value) for name, value in current.items()}, "maps": layout.maps}
     return result, state
 
@@ -351,6 +347,16 @@ def measure_sockets(targets_: list[Target], previous: dict | None) -> tuple[dict
     result: dict[str, Figures | None] = {
         label: (figures if label in prev_labels else None) for label, figures in totals.items()}
     return result, {"sockets": state, "labels": wanted}
+
+
+def _sum(parts: Iterable[Figures | None]) -> Figures | None:
+    """The sum of a partition's parts; None (unknown) as soon as one part is."""
+    total = Figures()
+    for part in parts:
+        if part is None:
+            return None
+        total.add(part)
+    return total
 
 
 def _section(state: dict | None, key: str) -> dict | None:
@@ -407,13 +413,7 @@ def measure(settings: CollectSettings, previous: dict | None
             parts.append((mechanism, addresses[target.label]))
         if not parts:
             continue
-        total: Figures | None = Figures()
-        for _name, figures in parts:
-            if figures is None or total is None:
-                total = None
-            else:
-                total.add(figures)
-        result[target.label] = (total, "+".join(name for name, _ in parts))
+        result[target.label] = (_sum(figures for _, figures in parts), "+".join(name for name, _ in parts))
     if "mechanism" in notes.previous and "mechanism" not in notes.current and mechanism:
         log.info("network: per-address traffic from %s again", mechanism)
     state["notes"] = notes.current
