@@ -754,14 +754,16 @@ def test_the_table_only_counts() -> None:
     assert all(line.split()[2:4] == ["inet", "slapos_collect"] for line in text.splitlines())
 
 
-def test_sock_diag_sees_a_local_connection() -> None:
-    """Any user may dump the TCP sockets; a connection's bytes appear on both of its sockets."""
+@pytest.mark.parametrize("family, host", [(2, "127.0.0.1"), (10, "::1")])
+def test_sock_diag_sees_a_local_connection(family, host) -> None:
+    """Any user may dump the TCP sockets (IPv4 and IPv6 in one dump); a connection's bytes appear on both of
+    its sockets."""
     import socket
 
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
+    with socket.socket(family) as listener:
+        listener.bind((host, 0))
         listener.listen()
-        with socket.create_connection(listener.getsockname()) as client:
+        with socket.create_connection(listener.getsockname()[:2]) as client:
             server_side, _ = listener.accept()
             with server_side:
                 client.sendall(b"x" * 100_000)
@@ -769,10 +771,31 @@ def test_sock_diag_sees_a_local_connection() -> None:
                 while got < 100_000:
                     got += len(server_side.recv(65536))
                 ports = {client.getsockname()[1], server_side.getsockname()[1]}
-                found = [s for s in sockdiag.tcp_sockets() if s.local == "127.0.0.1"
+                found = [s for s in sockdiag.tcp_sockets() if s.local == host and s.family == family
                          and s.uid == os.getuid() and (s.bytes_sent == 100_000 or s.bytes_received == 100_000)]
     assert len(found) >= 2, (found, ports)
     assert all(s.segs_in > 0 and s.segs_out > 0 and s.header >= 40 for s in found)
+
+
+@needs_root
+@pytest.mark.skipif(not shutil.which("strace"), reason="needs strace")
+def test_one_socket_dump_a_run(net, users, server, tmp_path, data_dir) -> None:
+    """The sockets mechanism asks the kernel once a run, whatever the number of partitions and families."""
+    args = [arg for user, p4, p6 in zip(users, net.part4, net.part6, strict=True)
+            for arg in ("--user", user.pw_name, "--address", f"{user.pw_name}={p4}", "--address", f"{user.pw_name}={p6}")]
+    trace = tmp_path / "strace"
+    with held_connection(net, users[0], net.part4[0]) as send:
+        send(f"D {MB}")
+        for _ in range(2):
+            cmd = net.node_cmd("strace", "-f", "-qq", "-e", "trace=sendto,sendmsg", "-o", str(trace),
+                               str(SCRIPTS / "slapos-collect"), "collect", "--data-dir", str(data_dir), *args,
+                               "--network-accounting", "sockets")
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+            assert proc.returncode == 0, proc.stderr
+            requests = [line for line in trace.read_text().splitlines() if "DIAG" in line]
+            assert len(requests) == 1, requests
+            send(f"D {MB}")
+    assert_close(last_rows(data_dir)[users[0].pw_name]["net_in_bytes"], MB, "sockets, one dump")
 
 
 def test_state_of_another_shape_is_a_new_baseline(tmp_path) -> None:
