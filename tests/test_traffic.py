@@ -777,6 +777,23 @@ def test_sock_diag_sees_a_local_connection(family, host) -> None:
     assert all(s.segs_in > 0 and s.segs_out > 0 and s.header >= 40 for s in found)
 
 
+@needs_nft
+@pytest.mark.skipif(not shutil.which("strace"), reason="needs strace")
+def test_one_nft_call_a_run(net, users, table, tmp_path, data_dir) -> None:
+    """nftables costs one ``nft`` a run once the table is made, whatever the number of partitions."""
+    args = [arg for user, p4, p6 in zip(users, net.part4, net.part6, strict=True)
+            for arg in ("--user", user.pw_name, "--address", f"{user.pw_name}={p4}", "--address", f"{user.pw_name}={p6}")]
+    trace = tmp_path / "strace"
+    calls = []
+    for _ in range(3):
+        cmd = net.node_cmd("strace", "-f", "-qq", "-e", "trace=execve", "-o", str(trace),
+                           str(SCRIPTS / "slapos-collect"), "collect", "--data-dir", str(data_dir), *args)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        calls.append([line for line in trace.read_text().splitlines() if '/nft", [' in line and "= 0" in line])
+    assert [len(c) for c in calls] == [2, 1, 1], calls  # list, then create; then list only
+
+
 @needs_root
 @pytest.mark.skipif(not shutil.which("strace"), reason="needs strace")
 def test_one_socket_dump_a_run(net, users, server, tmp_path, data_dir) -> None:
