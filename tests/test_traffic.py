@@ -777,39 +777,40 @@ def test_sock_diag_sees_a_local_connection(family, host) -> None:
     assert all(s.segs_in > 0 and s.segs_out > 0 and s.header >= 40 for s in found)
 
 
+needs_strace = pytest.mark.skipif(not shutil.which("strace"), reason="needs strace")
+
+
+def traced_collect(net: Net, users: list[pwd.struct_passwd], data_dir: Path, calls: str, *args: str) -> list[str]:
+    """One collect run of both partitions (a uid and two addresses each) under strace: the ``calls`` it made."""
+    partitions = [arg for user, p4, p6 in zip(users, net.part4, net.part6, strict=True)
+                  for arg in ("--user", user.pw_name, "--address", f"{user.pw_name}={p4}",
+                              "--address", f"{user.pw_name}={p6}")]
+    trace = data_dir.parent / "strace"
+    proc = subprocess.run(net.node_cmd("strace", "-f", "-qq", "-e", f"trace={calls}", "-o", str(trace),
+                                       str(SCRIPTS / "slapos-collect"), "collect", "--data-dir", str(data_dir),
+                                       *partitions, *args), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return trace.read_text().splitlines()
+
+
 @needs_nft
-@pytest.mark.skipif(not shutil.which("strace"), reason="needs strace")
-def test_one_nft_call_a_run(net, users, table, tmp_path, data_dir) -> None:
+@needs_strace
+def test_one_nft_call_a_run(net, users, table, data_dir) -> None:
     """nftables costs one ``nft`` a run once the table is made, whatever the number of partitions."""
-    args = [arg for user, p4, p6 in zip(users, net.part4, net.part6, strict=True)
-            for arg in ("--user", user.pw_name, "--address", f"{user.pw_name}={p4}", "--address", f"{user.pw_name}={p6}")]
-    trace = tmp_path / "strace"
-    calls = []
-    for _ in range(3):
-        cmd = net.node_cmd("strace", "-f", "-qq", "-e", "trace=execve", "-o", str(trace),
-                           str(SCRIPTS / "slapos-collect"), "collect", "--data-dir", str(data_dir), *args)
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 0, proc.stderr
-        calls.append([line for line in trace.read_text().splitlines() if '/nft", [' in line and "= 0" in line])
+    calls = [[line for line in traced_collect(net, users, data_dir, "execve") if '/nft", [' in line and "= 0" in line]
+             for _ in range(3)]
     assert [len(c) for c in calls] == [2, 1, 1], calls  # list, then create; then list only
 
 
 @needs_root
-@pytest.mark.skipif(not shutil.which("strace"), reason="needs strace")
-def test_one_socket_dump_a_run(net, users, server, tmp_path, data_dir) -> None:
+@needs_strace
+def test_one_socket_dump_a_run(net, users, server, data_dir) -> None:
     """The sockets mechanism asks the kernel once a run, whatever the number of partitions and families."""
-    args = [arg for user, p4, p6 in zip(users, net.part4, net.part6, strict=True)
-            for arg in ("--user", user.pw_name, "--address", f"{user.pw_name}={p4}", "--address", f"{user.pw_name}={p6}")]
-    trace = tmp_path / "strace"
     with held_connection(net, users[0], net.part4[0]) as send:
         send(f"D {MB}")
         for _ in range(2):
-            cmd = net.node_cmd("strace", "-f", "-qq", "-e", "trace=sendto,sendmsg", "-o", str(trace),
-                               str(SCRIPTS / "slapos-collect"), "collect", "--data-dir", str(data_dir), *args,
-                               "--network-accounting", "sockets")
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-            assert proc.returncode == 0, proc.stderr
-            requests = [line for line in trace.read_text().splitlines() if "DIAG" in line]
+            lines = traced_collect(net, users, data_dir, "sendto,sendmsg", "--network-accounting", "sockets")
+            requests = [line for line in lines if "DIAG" in line]
             assert len(requests) == 1, requests
             send(f"D {MB}")
     assert_close(last_rows(data_dir)[users[0].pw_name]["net_in_bytes"], MB, "sockets, one dump")
