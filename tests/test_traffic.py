@@ -771,9 +771,11 @@ def test_sock_diag_sees_a_local_connection(family, host) -> None:
                 while got < 100_000:
                     got += len(server_side.recv(65536))
                 ports = {client.getsockname()[1], server_side.getsockname()[1]}
-                found = [s for s in sockdiag.tcp_sockets() if s.local == host and s.family == family
+                dump = sockdiag.tcp_sockets()
+                found = [s for s in dump if s.local == host and s.family == family
                          and s.uid == os.getuid() and (s.bytes_sent == 100_000 or s.bytes_received == 100_000)]
     assert len(found) >= 2, (found, ports)
+    assert len({s.cookie for s in dump}) == len(dump), "each socket once"
     assert all(s.segs_in > 0 and s.segs_out > 0 and s.header >= 40 for s in found)
 
 
