@@ -204,7 +204,7 @@ def _read_interface(name: str, counters: dict[str, tuple[int, int, int, int]], p
         return None
     try:
         index = socket.if_nametoindex(name)
-        if isinstance(previous, list) and len(previous) == 6 and previous[0] == index:
+        if isinstance(previous, list) and len(previous) == 6 and _ints(previous) and previous[0] == index:
             kind = previous[1]
         else:
             with open(os.path.join(SYS_NET, name, "type"), "rb") as handle:
@@ -216,7 +216,7 @@ def _read_interface(name: str, counters: dict[str, tuple[int, int, int, int]], p
 
 def _interface_figures(now: list[int], before: list[int] | None) -> Figures | None:
     """The partition's traffic through one interface since ``before``; None after a re-creation or reset."""
-    if not isinstance(before, list) or len(before) != len(now) or before[0] != now[0] \
+    if not isinstance(before, list) or len(before) != len(now) or not _ints(before) or before[0] != now[0] \
             or any(a < b for a, b in zip(now[2:], before[2:], strict=True)):
         return None
     rx_bytes, rx_packets = now[2] - before[2], now[3] - before[3]
@@ -301,7 +301,7 @@ def measure_nftables(targets_: list[Target], previous: dict | None, notes: Notes
         for name, direction in nft.partition_counters(target.label, target.uid, target.addresses).items():
             packets, size = current[name]
             before = prev_counters.get(name)
-            if name not in valid or not isinstance(before, list) or len(before) != 2 \
+            if name not in valid or not isinstance(before, list) or len(before) != 2 or not _ints(before) \
                     or packets < before[0] or size < before[1]:
                 parts.append(None)  # new, re-created or reset counter: a new baseline
             elif direction == "in":
@@ -324,7 +324,7 @@ def measure_sockets(targets_: list[Target], previous: dict | None) -> tuple[dict
     wanted = [t.label for t in targets_ if t.uid is not None or t.addresses]
     prev_sockets: dict[str, list] = _section(previous, "sockets") or {}
     labels = (previous or {}).get("labels")
-    prev_labels = set(labels) if isinstance(labels, list) and previous else set()
+    prev_labels = {label for label in labels if isinstance(label, str)} if isinstance(labels, list) else set()
     totals = {label: Figures() for label in wanted}
     state: dict[str, list] = {}
     for sock in sockdiag.tcp_sockets():
@@ -335,7 +335,7 @@ def measure_sockets(targets_: list[Target], previous: dict | None) -> tuple[dict
         key = str(sock.cookie)
         state[key] = now
         before = prev_sockets.get(key)
-        if not isinstance(before, list) or len(before) != len(now) or before[0] != label \
+        if not isinstance(before, list) or len(before) != len(now) or before[0] != label or not _ints(before[1:]) \
                 or any(a < b for a, b in zip(now[1:], before[1:], strict=True)):
             before = [label, 0, 0, 0, 0]  # opened since the previous dump: all of it is new
         segs_out, segs_in = now[3] - before[3], now[4] - before[4]
@@ -357,6 +357,11 @@ def _sum(parts: Iterable[Figures | None]) -> Figures | None:
             return None
         total.add(part)
     return total
+
+
+def _ints(values: list) -> bool:
+    """A previous run's counter values are numbers (else, a state of another shape: a new baseline)."""
+    return all(isinstance(value, int) for value in values)
 
 
 def _section(state: dict | None, key: str) -> dict | None:

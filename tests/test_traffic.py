@@ -396,6 +396,26 @@ def test_a_statement_added_to_the_table_is_taken_out(net, users, table, data_dir
 
 
 @needs_nft
+def test_nftables_state_of_another_shape_is_a_new_baseline(net, users, server, table, data_dir) -> None:
+    """Counter values of another shape in the kept state: that interval is NULL, the run never fails."""
+    from slapos_collect_recipe.store import Store
+
+    me = users[0].pw_name
+    args = ("--user", me, "--address", f"{me}={net.part4[0]}")
+    collect(net, data_dir, *args)
+    with Store(data_dir / "collector.db") as store:
+        state = store.get_state("network")
+        state["nftables"]["counters"] = {name: ["1", None] for name in state["nftables"]["counters"]}
+        with store.transaction():
+            store.set_state("network", state)
+    proc = collect(net, data_dir, *args)
+    assert proc.stderr == "" and last_rows(data_dir)[me]["net_in_bytes"] is None
+    workload(net, users[0], f"{net.part4[0]},{net.peer4},D,{MB}")
+    collect(net, data_dir, *args)
+    assert_close(last_rows(data_dir)[me]["net_in_bytes"], MB, "after a state of another shape")
+
+
+@needs_nft
 def test_partitions_added_and_removed_keep_the_others_measured(net, users, server, table, data_dir) -> None:
     one = ("--user", users[0].pw_name, "--address", f"{users[0].pw_name}={net.part4[0]}")
     two = (*one, "--user", users[1].pw_name, "--address", f"{users[1].pw_name}={net.part4[1]}")
@@ -825,8 +845,13 @@ def test_state_of_another_shape_is_a_new_baseline(tmp_path) -> None:
 
     settings = CollectSettings(data_dir=tmp_path, partitions=[Partition("me", uid=os.getuid())],
                                network_accounting="sockets", interfaces={"me": ["lo"]})
+    import socket
+
+    lo = socket.if_nametoindex("lo")
     for garbage in (None, [], {"interfaces": [1], "sockets": "x", "notes": 3},
-                    {"interfaces": {"lo": "x"}, "sockets": {"sockets": {"1": 5}, "labels": "me"}}):
+                    {"interfaces": {"lo": "x"}, "sockets": {"sockets": {"1": 5}, "labels": "me"}},
+                    {"interfaces": {"lo": [lo, 772, "a", "b", "c", "d"]}, "sockets": {"sockets": {}, "labels": [[1]]}},
+                    {"interfaces": {"lo": [lo, "772", 0, 0, 0, 0]}, "sockets": {"sockets": {}, "labels": [{}]}}):
         measured, state, problems = traffic.measure(settings, garbage)
         assert measured["me"] == (None, "interface+sockets") and problems == []
     measured, _, _ = traffic.measure(settings, state)
