@@ -454,7 +454,8 @@ def test_network_accounting_remove_leaves_no_table(net, users, table, data_dir) 
 def test_without_nft_or_root_one_line(net, users, table, data_dir) -> None:
     """nft missing (hidden by a mount namespace of this test) or not root: ``network-accounting`` and its
     ``--remove`` say so in one line; ``collect`` falls back to the sockets and stores its run."""
-    no_nft = ["unshare", "--mount", "sh", "-c", 'mount --bind /dev/null /usr/sbin/nft && exec "$@"', "sh",
+    binary = os.path.realpath(shutil.which("nft"))
+    no_nft = ["unshare", "--mount", "sh", "-c", 'mount --bind /dev/null "$0" && exec "$@"', binary,
               "env", "PATH=/usr/bin:/bin"]
     runtime = other_user_runtime()
     for args in (["network-accounting"], ["network-accounting", "--remove"]):
