@@ -54,7 +54,10 @@ def _value(node: ElementTree.Element, seen: dict[str, object]) -> object:
         if len(children) % 2:
             raise ComputerXmlError("a <dictionary> has a key without a value")
         for key, value in zip(children[::2], children[1::2], strict=True):
-            result[_value(key, seen)] = _value(value, seen)
+            name = _value(key, seen)
+            if isinstance(name, (list, dict)):
+                raise ComputerXmlError(f"a <dictionary> key is a <{key.tag}>")
+            result[name] = _value(value, seen)
         return result
     raise ComputerXmlError(f"unexpected element <{tag}>")
 
@@ -88,6 +91,8 @@ def read(path: str) -> list[XmlPartition]:
                 if isinstance(interface, dict) and isinstance(interface.get("name"), str) and interface["name"]:
                     part.interfaces.append(interface["name"])
             partitions.append(part)
+    except RecursionError:
+        raise ComputerXmlError(f"computer XML {path} is not one slapos node format writes: nested too deep") from None
     except ComputerXmlError as exc:
         raise ComputerXmlError(f"computer XML {path} is not one slapos node format writes: {exc}") from None
     return partitions

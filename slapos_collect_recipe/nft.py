@@ -26,9 +26,10 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 from dataclasses import dataclass, field
+
+from .traffic import normal_address
 
 TABLE = "slapos_collect"
 FAMILY = "inet"
@@ -40,6 +41,7 @@ MAPS = {
     "uid_out": ("uid", "meta skuid"), "out4": ("ipv4_addr", "ip saddr"), "out6": ("ipv6_addr", "ip6 saddr"),
 }
 CHAINS = {"input": ["uid_in", "in4", "in6"], "output": ["uid_out", "out4", "out6"]}
+OWN_EXPRESSIONS = {"match", "counter", "return"}  # what the rules above are made of, in nft -j
 
 
 class NftError(Exception):
@@ -59,8 +61,11 @@ class Layout:
 
 @functools.lru_cache(maxsize=4096)
 def counter_name(label: str, direction: str, key: str) -> str:
-    """A stable counter name for (partition, direction, uid or address): nft's names are plain words."""
+    """A stable counter name for (partition, direction, uid or address): nft's names are plain words
+    that begin with a letter (``0app_in_...`` is a syntax error that would refuse the whole table)."""
     word = re.sub(r"[^A-Za-z0-9]", "_", label)[:40]
+    if not word[:1].isalpha():
+        word = f"p{word}"
     digest = hashlib.sha1(f"{label}\0{direction}\0{key}".encode()).hexdigest()[:10]
     return f"{word}_{direction}_{digest}"
 
@@ -141,13 +146,9 @@ class Listing:
 
 
 def _key(value: object) -> str:
-    """A map key as the layout writes it: nft prints addresses as inet_ntop does, uids as numbers."""
+    """A map key as the layout writes it: addresses normalised as the settings' are, uids as numbers."""
     text = str(value)
-    family = socket.AF_INET6 if ":" in text else socket.AF_INET
-    try:
-        return socket.inet_ntop(family, socket.inet_pton(family, text))
-    except (OSError, ValueError):
-        return text
+    return normal_address(text) or text
 
 
 def read_table() -> Listing | None:
@@ -180,12 +181,15 @@ def _listing(items: list[dict]) -> Listing:
             c = item["chain"]
             if c.get("hook") == c.get("name") and c.get("policy") == "accept" and c.get("prio") == PRIORITY:
                 listing.chains.add(c["name"])
-        elif "rule" in item:
+        elif "rule" in item and item["rule"]["chain"] in CHAINS:
             r = item["rule"]
-            for expr in r.get("expr", []):
-                counter = expr.get("counter")
-                if isinstance(counter, dict) and isinstance(counter.get("map"), dict):
-                    listing.rules.setdefault(r["chain"], []).append(str(counter["map"].get("data", "")).lstrip("@"))
+            exprs = r.get("expr", [])
+            maps = [str(e["counter"]["map"].get("data", "")).lstrip("@") for e in exprs
+                    if isinstance(e.get("counter"), dict) and isinstance(e["counter"].get("map"), dict)]
+            # A rule of this table only matches, counts and returns: one that does anything else
+            # (someone's verdict, mark, limit...) is not ours, and the table is restored.
+            ours = len(maps) == 1 and all(set(e) <= OWN_EXPRESSIONS for e in exprs)
+            listing.rules.setdefault(r["chain"], []).append(maps[0] if ours else "")
     return listing
 
 

@@ -1,22 +1,25 @@
 """Every TCP socket of the host's network namespace, read from the kernel's socket diagnostics.
 
-One netlink ``sock_diag`` dump per address family (``NETLINK_SOCK_DIAG``,
-``SOCK_DIAG_BY_FAMILY`` with an ``inet_diag_req_v2`` asking for
-``INET_DIAG_INFO``): each socket's uid, inode, cookie, local address and its
-``tcp_info`` byte and segment counters. Any user may ask; no privilege, no
-effect on the traffic. Linux only.
+One netlink ``sock_diag`` dump (``NETLINK_SOCK_DIAG``) of IPv4 and IPv6 sockets
+at once: each socket's uid, inode, cookie, local address and its ``tcp_info``
+byte and segment counters. Any user may ask; no privilege, no effect on the
+traffic. Linux only.
+
+The request is ``TCPDIAG_GETSOCK`` with an ``inet_diag_req`` asking for
+``INET_DIAG_INFO``: the kernel answers it for every address family in one walk
+of its TCP tables, where ``SOCK_DIAG_BY_FAMILY`` would take one dump (and one
+walk of the same tables) per family.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import socket
 import struct
 from dataclasses import dataclass
 
 NETLINK_SOCK_DIAG = 4
-SOCK_DIAG_BY_FAMILY = 20
+TCPDIAG_GETSOCK = 18
 NLM_F_REQUEST = 0x1
 NLM_F_DUMP = 0x300
 NLMSG_ERROR = 2
@@ -25,9 +28,9 @@ INET_DIAG_INFO = 2
 ALL_STATES = 0xFFFFFFFF
 
 _NLMSG = struct.Struct("=IHHII")  # nlmsghdr: len, type, flags, seq, pid
-# inet_diag_req_v2: family, protocol, ext, pad, states, then inet_diag_sockid
-# (sport, dport big-endian, src[16], dst[16], if, cookie[2]).
-_REQ = struct.Struct("=BBBBI" "HH16s16sI8s")
+# inet_diag_req: family, src_len, dst_len, ext, then inet_diag_sockid (sport, dport big-endian, src[16],
+# dst[16], if, cookie[2]), states, dbs.
+_REQ = struct.Struct("=BBBB" "HH16s16sI8s" "II")
 # inet_diag_msg: family, state, timer, retrans, sockid, expires, rqueue, wqueue, uid, inode.
 _MSG = struct.Struct("=BBBB" "HH16s16sIQ" "IIIII")
 _RTA = struct.Struct("=HH")
@@ -36,7 +39,6 @@ _TCPI_OPTIONS = 5
 _TCPI_BYTES_ACKED = 120  # u64, then bytes_received u64, segs_out u32, segs_in u32
 _TCPI_BYTES_SENT = 200  # u64, kernel 4.19 and later (counts retransmissions)
 TCPI_OPT_TIMESTAMPS = 1
-_NO_FAMILY = (errno.ENOENT, errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT)
 _V4_MAPPED = b"\0" * 10 + b"\xff\xff"
 
 
@@ -69,7 +71,7 @@ def _parse_info(info: bytes) -> tuple[int, int, int, int, int] | None:
     return sent, received, segs_out, segs_in, info[_TCPI_OPTIONS]
 
 
-def _parse(data: bytes, family: int, out: list[TcpSocket]) -> bool:
+def _parse(data: bytes, out: list[TcpSocket]) -> bool:
     """Append the sockets of one netlink read; True once the dump is done."""
     offset = 0
     while offset + _NLMSG.size <= len(data):
@@ -86,7 +88,7 @@ def _parse(data: bytes, family: int, out: list[TcpSocket]) -> bool:
             if code:
                 raise OSError(code, f"sock_diag: {os.strerror(code)}")
             continue
-        if kind != SOCK_DIAG_BY_FAMILY or end - body < _MSG.size:
+        if kind != TCPDIAG_GETSOCK or end - body < _MSG.size:
             continue
         (fam, _state, _timer, _retrans, _sport, _dport, src, _dst, _ifindex, cookie,
          _expires, _rq, _wq, uid, inode) = _MSG.unpack_from(data, body)
@@ -115,23 +117,17 @@ def _parse(data: bytes, family: int, out: list[TcpSocket]) -> bool:
     return False
 
 
-def tcp_sockets(families: tuple[int, ...] = (socket.AF_INET, socket.AF_INET6)) -> list[TcpSocket]:
-    """Every TCP socket with byte counters (established, closing...), one dump per family.
+def tcp_sockets() -> list[TcpSocket]:
+    """Every TCP socket with byte counters (established, closing...), IPv4 and IPv6, in one dump.
 
     Raises OSError when the kernel refuses (no ``sock_diag``, a seccomp filter...)."""
     found: list[TcpSocket] = []
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG) as nl:
         nl.bind((0, 0))
-        for seq, family in enumerate(families, start=1):
-            request = _REQ.pack(family, socket.IPPROTO_TCP, 1 << (INET_DIAG_INFO - 1), 0, ALL_STATES,
-                                0, 0, b"", b"", 0, b"\xff" * 8)
-            nl.send(_NLMSG.pack(_NLMSG.size + len(request), SOCK_DIAG_BY_FAMILY,
-                                NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + request)
-            try:
-                while not _parse(nl.recv(1 << 20), family, found):
-                    pass
-            except OSError as exc:
-                # A kernel without IPv6 has no IPv6 sockets to show; anything else is a refusal.
-                if family != socket.AF_INET6 or exc.errno not in _NO_FAMILY:
-                    raise
+        # The kernel dumps every address family for this request (it does not read the family field).
+        request = _REQ.pack(0, 0, 0, 1 << (INET_DIAG_INFO - 1), 0, 0, b"", b"", 0, b"\xff" * 8, ALL_STATES, 0)
+        nl.send(_NLMSG.pack(_NLMSG.size + len(request), TCPDIAG_GETSOCK, NLM_F_REQUEST | NLM_F_DUMP, 1, 0)
+                + request)
+        while not _parse(nl.recv(1 << 20), found):
+            pass
     return found

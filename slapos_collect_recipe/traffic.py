@@ -37,6 +37,7 @@ SYS_NET = "/sys/class/net"
 ETHERNET_HEADER = 14
 ARPHRD_ETHER = 1
 STATE_KEY = "network"
+V4_MAPPED = b"\0" * 10 + b"\xff\xff"  # ::ffff:0:0/96, the prefix of IPv4-mapped IPv6 addresses
 
 
 @dataclass
@@ -88,12 +89,18 @@ class Notes:
 # -- where a partition's traffic is recognised ------------------------------
 
 def normal_address(text: str) -> str | None:
-    """An IP address in the form nft prints it (inet_ntop's), or None if it is not one."""
+    """An IP address in the form nft prints it (inet_ntop's), or None if it is not one.
+
+    An IPv4-mapped IPv6 address (``::ffff:10.0.0.1``) is written as its IPv4 address: its packets are
+    IPv4 packets, and sockdiag gives that IPv4 address as a socket's local address."""
     family = socket.AF_INET6 if ":" in text else socket.AF_INET
     try:
-        return socket.inet_ntop(family, socket.inet_pton(family, text))
+        packed = socket.inet_pton(family, text)
     except (OSError, ValueError):
         return None
+    if packed[:12] == V4_MAPPED:
+        family, packed = socket.AF_INET, packed[12:]
+    return socket.inet_ntop(family, packed)
 
 
 def _interface_ok(name: str) -> bool:
@@ -104,18 +111,30 @@ def _interface_ok(name: str) -> bool:
 def targets(settings: CollectSettings, notes: Notes) -> list[Target]:
     """Each partition with its uid, valid addresses and existing interfaces; bad entries are noted and skipped."""
     by_label = {p.label: Target(p.label, p.uid) for p in settings.partitions}
-    owner: dict[str, str] = {}  # address -> label
+    # A uid counts for one partition only: the last one given, which the process sampler gives the
+    # processes to as well; the others are measured by their addresses and interfaces.
+    by_uid = {t.uid: t.label for t in by_label.values() if t.uid is not None}
+    for target in by_label.values():
+        if target.uid is not None and by_uid[target.uid] != target.label:
+            notes.problem(f"uid {target.uid} of partition {target.label} is also partition {by_uid[target.uid]}'s, "
+                          f"whose traffic it counts: {target.label} is measured by address and interface only")
+            target.uid = None
+    address_owner: dict[str, str] = {}  # address -> label
+    interface_owner: dict[str, str] = {}  # interface -> label
+
+    def claim(owners: dict[str, str], value: str, label: str, origin: str, kept: list[str]) -> None:
+        """``value`` is ``label``'s, unless another partition had it first: counted once, for that one."""
+        if owners.setdefault(value, label) != label:
+            notes.problem(f"{origin} {value} of partition {label} is already partition {owners[value]}'s: ignored")
+        elif value not in kept:
+            kept.append(value)
 
     def add_address(label: str, raw: str, origin: str) -> None:
         address = normal_address(raw.strip())
         if address is None:
             notes.problem(f"{origin} {raw!r} of partition {label} is not an IP address: ignored")
-            return
-        if owner.setdefault(address, label) != label:
-            notes.problem(f"{origin} {address} of partition {label} is already partition {owner[address]}'s: "
-                          "ignored")
-        elif address not in by_label[label].addresses:
-            by_label[label].addresses.append(address)
+        else:
+            claim(address_owner, address, label, origin, by_label[label].addresses)
 
     def add_interface(label: str, name: str, origin: str, quiet: bool) -> None:
         if not _interface_ok(name):
@@ -124,8 +143,8 @@ def targets(settings: CollectSettings, notes: Notes) -> list[Target]:
                           "not exist: not measured", logging.INFO)
             else:
                 notes.problem(f"{origin} {name!r} of partition {label} does not exist: not measured")
-        elif name not in by_label[label].interfaces:
-            by_label[label].interfaces.append(name)
+        else:
+            claim(interface_owner, name, label, origin, by_label[label].interfaces)
 
     if settings.computer_xml:
         from . import computer_xml
@@ -185,7 +204,7 @@ def _read_interface(name: str, counters: dict[str, tuple[int, int, int, int]], p
         return None
     try:
         index = socket.if_nametoindex(name)
-        if isinstance(previous, list) and len(previous) == 6 and previous[0] == index:
+        if isinstance(previous, list) and len(previous) == 6 and _ints(previous) and previous[0] == index:
             kind = previous[1]
         else:
             with open(os.path.join(SYS_NET, name, "type"), "rb") as handle:
@@ -197,7 +216,7 @@ def _read_interface(name: str, counters: dict[str, tuple[int, int, int, int]], p
 
 def _interface_figures(now: list[int], before: list[int] | None) -> Figures | None:
     """The partition's traffic through one interface since ``before``; None after a re-creation or reset."""
-    if not isinstance(before, list) or len(before) != len(now) or before[0] != now[0] \
+    if not isinstance(before, list) or len(before) != len(now) or not _ints(before) or before[0] != now[0] \
             or any(a < b for a, b in zip(now[2:], before[2:], strict=True)):
         return None
     rx_bytes, rx_packets = now[2] - before[2], now[3] - before[3]
@@ -218,23 +237,20 @@ def measure_interfaces(targets_: list[Target], previous: dict, notes: Notes
     for target in targets_:
         if not target.interfaces:
             continue
-        total: Figures | None = Figures()
+        parts: list[Figures | None] = []
         for name in target.interfaces:
             now = _read_interface(name, counters, previous.get(name))
             if now is None:
                 notes.say(f"interface:{target.label}:{name}", f"interface {name} of partition {target.label} "
                           "vanished: not measured")
-                total = None
+                parts.append(None)
                 continue
             state[name] = now
             part = _interface_figures(now, previous.get(name))
             if part is None and name in previous:
                 log.info("network: interface %s of %s was re-created or reset: new baseline", name, target.label)
-            if part is None or total is None:
-                total = None
-            else:
-                total.add(part)
-        result[target.label] = total
+            parts.append(part)
+        result[target.label] = _sum(parts)
     return result, state
 
 
@@ -281,19 +297,18 @@ def measure_nftables(targets_: list[Target], previous: dict | None, notes: Notes
             current = {name: current.get(name, (0, 0)) for name in layout.counters}
     result: dict[str, Figures | None] = {}
     for target in wanted:
-        total: Figures | None = Figures()
+        parts: list[Figures | None] = []
         for name, direction in nft.partition_counters(target.label, target.uid, target.addresses).items():
             packets, size = current[name]
             before = prev_counters.get(name)
-            if total is None or name not in valid or not isinstance(before, list) or len(before) != 2 \
+            if name not in valid or not isinstance(before, list) or len(before) != 2 or not _ints(before) \
                     or packets < before[0] or size < before[1]:
-                total = None  # new, re-created or reset counter: a new baseline
-                continue
-            if direction == "in":
-                total.add(Figures(in_bytes=size - before[1], in_packets=packets - before[0]))
+                parts.append(None)  # new, re-created or reset counter: a new baseline
+            elif direction == "in":
+                parts.append(Figures(in_bytes=size - before[1], in_packets=packets - before[0]))
             else:
-                total.add(Figures(out_bytes=size - before[1], out_packets=packets - before[0]))
-        result[target.label] = total
+                parts.append(Figures(out_bytes=size - before[1], out_packets=packets - before[0]))
+        result[target.label] = _sum(parts)
     state = {"counters": {name: list(value) for name, value in current.items()}, "maps": layout.maps}
     return result, state
 
@@ -309,7 +324,7 @@ def measure_sockets(targets_: list[Target], previous: dict | None) -> tuple[dict
     wanted = [t.label for t in targets_ if t.uid is not None or t.addresses]
     prev_sockets: dict[str, list] = _section(previous, "sockets") or {}
     labels = (previous or {}).get("labels")
-    prev_labels = set(labels) if isinstance(labels, list) and previous else set()
+    prev_labels = {label for label in labels if isinstance(label, str)} if isinstance(labels, list) else set()
     totals = {label: Figures() for label in wanted}
     state: dict[str, list] = {}
     for sock in sockdiag.tcp_sockets():
@@ -320,7 +335,7 @@ def measure_sockets(targets_: list[Target], previous: dict | None) -> tuple[dict
         key = str(sock.cookie)
         state[key] = now
         before = prev_sockets.get(key)
-        if not isinstance(before, list) or len(before) != len(now) or before[0] != label \
+        if not isinstance(before, list) or len(before) != len(now) or before[0] != label or not _ints(before[1:]) \
                 or any(a < b for a, b in zip(now[1:], before[1:], strict=True)):
             before = [label, 0, 0, 0, 0]  # opened since the previous dump: all of it is new
         segs_out, segs_in = now[3] - before[3], now[4] - before[4]
@@ -332,6 +347,21 @@ def measure_sockets(targets_: list[Target], previous: dict | None) -> tuple[dict
     result: dict[str, Figures | None] = {
         label: (figures if label in prev_labels else None) for label, figures in totals.items()}
     return result, {"sockets": state, "labels": wanted}
+
+
+def _sum(parts: Iterable[Figures | None]) -> Figures | None:
+    """The sum of a partition's parts; None (unknown) as soon as one part is."""
+    total = Figures()
+    for part in parts:
+        if part is None:
+            return None
+        total.add(part)
+    return total
+
+
+def _ints(values: list) -> bool:
+    """A previous run's counter values are numbers (else, a state of another shape: a new baseline)."""
+    return all(isinstance(value, int) for value in values)
 
 
 def _section(state: dict | None, key: str) -> dict | None:
@@ -388,13 +418,7 @@ def measure(settings: CollectSettings, previous: dict | None
             parts.append((mechanism, addresses[target.label]))
         if not parts:
             continue
-        total: Figures | None = Figures()
-        for _name, figures in parts:
-            if figures is None or total is None:
-                total = None
-            else:
-                total.add(figures)
-        result[target.label] = (total, "+".join(name for name, _ in parts))
+        result[target.label] = (_sum(figures for _, figures in parts), "+".join(name for name, _ in parts))
     if "mechanism" in notes.previous and "mechanism" not in notes.current and mechanism:
         log.info("network: per-address traffic from %s again", mechanism)
     state["notes"] = notes.current

@@ -10,6 +10,7 @@ addresses assigned inside these namespaces are used; nothing leaves them.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import pwd
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import SCRIPTS
+from conftest import SCRIPTS, run_cli
 from other_user import other_user_runtime, shared_dir
 
 from slapos_collect_recipe import computer_xml, nft, sockdiag
@@ -376,6 +377,45 @@ def test_flushed_or_deleted_table_is_recreated_and_the_interval_unknown(net, use
 
 
 @needs_nft
+def test_a_statement_added_to_the_table_is_taken_out(net, users, table, data_dir) -> None:
+    """The table only counts: a rule someone adds to its chains (one that marks packets, one that counts and
+    drops) is taken out by the next run, which says so and stores NULL for that interval."""
+    me = users[0].pw_name
+    args = ("--user", me, "--address", f"{me}={net.part4[0]}", "--log-file", str(data_dir / "log"))
+    collect(net, data_dir, *args)
+    for rule in (["meta", "mark", "set", "1"], ["counter", "name", "ip", "daddr", "map", "@in4", "drop"]):
+        subprocess.run(net.node_cmd("nft", "add", "rule", "inet", "slapos_collect", "input", *rule), check=True)
+        collect(net, data_dir, *args)
+        assert last_rows(data_dir)[me]["net_in_bytes"] is None, rule
+        listing = subprocess.run(net.node_cmd("nft", "list", "table", "inet", "slapos_collect"),
+                                 capture_output=True, text=True, check=True).stdout
+        assert "mark" not in listing and "drop" not in listing, listing
+        collect(net, data_dir, *args)
+        assert last_rows(data_dir)[me]["net_in_bytes"] is not None, rule
+    assert (data_dir / "log").read_text().count("changed by someone else") == 2
+
+
+@needs_nft
+def test_nftables_state_of_another_shape_is_a_new_baseline(net, users, server, table, data_dir) -> None:
+    """Counter values of another shape in the kept state: that interval is NULL, the run never fails."""
+    from slapos_collect_recipe.store import Store
+
+    me = users[0].pw_name
+    args = ("--user", me, "--address", f"{me}={net.part4[0]}")
+    collect(net, data_dir, *args)
+    with Store(data_dir / "collector.db") as store:
+        state = store.get_state("network")
+        state["nftables"]["counters"] = {name: ["1", None] for name in state["nftables"]["counters"]}
+        with store.transaction():
+            store.set_state("network", state)
+    proc = collect(net, data_dir, *args)
+    assert proc.stderr == "" and last_rows(data_dir)[me]["net_in_bytes"] is None
+    workload(net, users[0], f"{net.part4[0]},{net.peer4},D,{MB}")
+    collect(net, data_dir, *args)
+    assert_close(last_rows(data_dir)[me]["net_in_bytes"], MB, "after a state of another shape")
+
+
+@needs_nft
 def test_partitions_added_and_removed_keep_the_others_measured(net, users, server, table, data_dir) -> None:
     one = ("--user", users[0].pw_name, "--address", f"{users[0].pw_name}={net.part4[0]}")
     two = (*one, "--user", users[1].pw_name, "--address", f"{users[1].pw_name}={net.part4[1]}")
@@ -408,6 +448,27 @@ def test_network_accounting_remove_leaves_no_table(net, users, table, data_dir) 
         assert proc.returncode == 0 and expected in proc.stdout, proc.stderr
     tables = subprocess.run(net.node_cmd("nft", "list", "tables"), capture_output=True, text=True).stdout
     assert "slapos_collect" not in tables
+
+
+@needs_nft
+def test_without_nft_or_root_one_line(net, users, table, data_dir) -> None:
+    """nft missing (hidden by a mount namespace of this test) or not root: ``network-accounting`` and its
+    ``--remove`` say so in one line; ``collect`` falls back to the sockets and stores its run."""
+    binary = os.path.realpath(shutil.which("nft"))
+    no_nft = ["unshare", "--mount", "sh", "-c", 'mount --bind /dev/null "$0" && exec "$@"', binary,
+              "env", "PATH=/usr/bin:/bin"]
+    runtime = other_user_runtime()
+    for args in (["network-accounting"], ["network-accounting", "--remove"]):
+        for how, cmd, env in (("not installed", [*no_nft, str(SCRIPTS / "slapos-collect"), *args], None),
+                              ("must be root", _as_user(users[0], *runtime.command(*args)), runtime.env())):
+            proc = subprocess.run(net.node_cmd(*cmd), capture_output=True, text=True, timeout=60, env=env)
+            assert proc.returncode == 2 and how in proc.stderr, (how, args, proc.stderr)
+            assert len(proc.stderr.strip().splitlines()) == 1 and proc.stdout == "", proc.stderr
+    me = users[0].pw_name
+    cmd = [*no_nft, str(SCRIPTS / "slapos-collect"), "collect", "--data-dir", str(data_dir), "--user", me]
+    proc = subprocess.run(net.node_cmd(*cmd), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "the nft command is not installed" in proc.stderr, proc.stderr
+    assert last_rows(data_dir)[me]["net_source"] == "sockets"
 
 
 @needs_nft
@@ -636,6 +697,30 @@ def test_bad_input_is_one_line_and_the_others_are_measured(net, users, server, t
         assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
+@needs_nft
+def test_two_partitions_of_one_uid(net, users, server, table, data_dir) -> None:
+    """Two user names of one uid: the uid counts for the last one (as the processes do), the other is measured
+    by its address, and the run says so in one line."""
+    alias = f"{users[0].pw_name[:-1]}a"
+    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "-o",
+                    "-u", str(users[0].pw_uid), "-g", str(users[0].pw_gid), alias], check=True, capture_output=True)
+    try:
+        args = ("--user", alias, "--user", users[0].pw_name, "--address", f"{alias}={net.part4[1]}")
+        for _ in range(2):
+            proc = collect(net, data_dir, *args, expect=1)
+            assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+            assert f"partition {alias} is also partition {users[0].pw_name}'s" in proc.stderr, proc.stderr
+            workload(net, users[0], f"{net.part4[0]},{net.peer4},D,{MB}", f"{net.part4[1]},{net.peer4},D,{MB}")
+        collect(net, data_dir, *args, expect=1)
+    finally:
+        subprocess.run(["userdel", alias], capture_output=True)
+    rows = last_rows(data_dir)
+    assert_close(rows[users[0].pw_name]["net_in_bytes"], 2 * MB, "by the uid")
+    # Not counted twice: the uid rule took its packets before the address rule could (only packets of no
+    # socket, as the ACK of a closed connection, count by address).
+    assert rows[alias]["net_source"] == "nftables" and rows[alias]["net_in_bytes"] < SLACK
+
+
 def test_computer_xml_reader(tmp_path) -> None:
     """slapformat's marshalled dictionary: references, taps, tuns, a partition without a user or tap."""
     xml = tmp_path / "slapos.xml"
@@ -664,7 +749,9 @@ def test_computer_xml_reader(tmp_path) -> None:
     assert (second.reference, second.user, second.addresses, second.interfaces) == (
         "slappart1", "slapuser0", [], [])
     for content in ("", "<marshal/>", "<marshal><string>x</string></marshal>",
-                    "<marshal><dictionary id='1'><string>k</string></dictionary></marshal>"):
+                    "<marshal><dictionary id='1'><string>k</string></dictionary></marshal>",
+                    "<marshal><dictionary id='1'><list id='2'/><string>v</string></dictionary></marshal>",
+                    "<marshal>" + "<list>" * 5000 + "</list>" * 5000 + "</marshal>"):
         xml.write_text(content)
         with pytest.raises(computer_xml.ComputerXmlError, match="computer XML"):
             computer_xml.read(str(xml))
@@ -688,14 +775,16 @@ def test_the_table_only_counts() -> None:
     assert all(line.split()[2:4] == ["inet", "slapos_collect"] for line in text.splitlines())
 
 
-def test_sock_diag_sees_a_local_connection() -> None:
-    """Any user may dump the TCP sockets; a connection's bytes appear on both of its sockets."""
+@pytest.mark.parametrize("family, host", [(2, "127.0.0.1"), (10, "::1")])
+def test_sock_diag_sees_a_local_connection(family, host) -> None:
+    """Any user may dump the TCP sockets (IPv4 and IPv6 in one dump); a connection's bytes appear on both of
+    its sockets."""
     import socket
 
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
+    with socket.socket(family) as listener:
+        listener.bind((host, 0))
         listener.listen()
-        with socket.create_connection(listener.getsockname()) as client:
+        with socket.create_connection(listener.getsockname()[:2]) as client:
             server_side, _ = listener.accept()
             with server_side:
                 client.sendall(b"x" * 100_000)
@@ -703,10 +792,51 @@ def test_sock_diag_sees_a_local_connection() -> None:
                 while got < 100_000:
                     got += len(server_side.recv(65536))
                 ports = {client.getsockname()[1], server_side.getsockname()[1]}
-                found = [s for s in sockdiag.tcp_sockets() if s.local == "127.0.0.1"
+                dump = sockdiag.tcp_sockets()
+                found = [s for s in dump if s.local == host and s.family == family
                          and s.uid == os.getuid() and (s.bytes_sent == 100_000 or s.bytes_received == 100_000)]
     assert len(found) >= 2, (found, ports)
+    assert len({s.cookie for s in dump}) == len(dump), "each socket once"
     assert all(s.segs_in > 0 and s.segs_out > 0 and s.header >= 40 for s in found)
+
+
+needs_strace = pytest.mark.skipif(not shutil.which("strace"), reason="needs strace")
+
+
+def traced_collect(net: Net, users: list[pwd.struct_passwd], data_dir: Path, calls: str, *args: str) -> list[str]:
+    """One collect run of both partitions (a uid and two addresses each) under strace: the ``calls`` it made."""
+    partitions = [arg for user, p4, p6 in zip(users, net.part4, net.part6, strict=True)
+                  for arg in ("--user", user.pw_name, "--address", f"{user.pw_name}={p4}",
+                              "--address", f"{user.pw_name}={p6}")]
+    trace = data_dir.parent / "strace"
+    proc = subprocess.run(net.node_cmd("strace", "-f", "-qq", "-e", f"trace={calls}", "-o", str(trace),
+                                       str(SCRIPTS / "slapos-collect"), "collect", "--data-dir", str(data_dir),
+                                       *partitions, *args), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return trace.read_text().splitlines()
+
+
+@needs_nft
+@needs_strace
+def test_one_nft_call_a_run(net, users, table, data_dir) -> None:
+    """nftables costs one ``nft`` a run once the table is made, whatever the number of partitions."""
+    calls = [[line for line in traced_collect(net, users, data_dir, "execve") if '/nft", [' in line and "= 0" in line]
+             for _ in range(3)]
+    assert [len(c) for c in calls] == [2, 1, 1], calls  # list, then create; then list only
+
+
+@needs_root
+@needs_strace
+def test_one_socket_dump_a_run(net, users, server, data_dir) -> None:
+    """The sockets mechanism asks the kernel once a run, whatever the number of partitions and families."""
+    with held_connection(net, users[0], net.part4[0]) as send:
+        send(f"D {MB}")
+        for _ in range(2):
+            lines = traced_collect(net, users, data_dir, "sendto,sendmsg", "--network-accounting", "sockets")
+            requests = [line for line in lines if "DIAG" in line]
+            assert len(requests) == 1, requests
+            send(f"D {MB}")
+    assert_close(last_rows(data_dir)[users[0].pw_name]["net_in_bytes"], MB, "sockets, one dump")
 
 
 def test_state_of_another_shape_is_a_new_baseline(tmp_path) -> None:
@@ -716,10 +846,66 @@ def test_state_of_another_shape_is_a_new_baseline(tmp_path) -> None:
 
     settings = CollectSettings(data_dir=tmp_path, partitions=[Partition("me", uid=os.getuid())],
                                network_accounting="sockets", interfaces={"me": ["lo"]})
+    import socket
+
+    lo = socket.if_nametoindex("lo")
     for garbage in (None, [], {"interfaces": [1], "sockets": "x", "notes": 3},
-                    {"interfaces": {"lo": "x"}, "sockets": {"sockets": {"1": 5}, "labels": "me"}}):
+                    {"interfaces": {"lo": "x"}, "sockets": {"sockets": {"1": 5}, "labels": "me"}},
+                    {"interfaces": {"lo": [lo, 772, "a", "b", "c", "d"]}, "sockets": {"sockets": {}, "labels": [[1]]}},
+                    {"interfaces": {"lo": [lo, "772", 0, 0, 0, 0]}, "sockets": {"sockets": {}, "labels": [{}]}}):
         measured, state, problems = traffic.measure(settings, garbage)
         assert measured["me"] == (None, "interface+sockets") and problems == []
     measured, _, _ = traffic.measure(settings, state)
     figures, source = measured["me"]
     assert figures is not None and figures.in_bytes >= 0 and source == "interface+sockets"
+
+
+def test_one_interface_counts_for_one_partition(tmp_path, data_dir) -> None:
+    """An interface given to two partitions is the first one's: never counted twice."""
+    args = ("collect", "--data-dir", str(data_dir), "--partition", f"a={tmp_path}", "--partition", f"b={tmp_path}",
+            "--interface", "a=lo", "--interface", "b=lo", "--network-accounting", "no")
+    for _ in range(2):
+        proc = run_cli(*args)
+        assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert "interface lo of partition b is already partition a's: ignored" in proc.stderr, proc.stderr
+    rows = last_rows(data_dir)
+    assert rows["a"]["net_source"] == "interface" and rows["a"]["net_in_bytes"] is not None
+    assert rows["b"]["net_source"] is None and rows["b"]["net_in_bytes"] is None
+
+
+@needs_nft
+def test_labels_of_any_shape_make_a_table_nft_takes(net, users, server, table, tmp_path, data_dir) -> None:
+    """Counter names come from labels: one beginning with a digit or made of other characters still gives a
+    table nft accepts (else every partition would fall back to the sockets)."""
+    labels = ["0app", "_x", "é-ü.1"]
+    # The addresses written otherwise than nft prints them: IPv4-mapped, upper case and zeros written out.
+    other_ways = [f"::ffff:{net.part4[0]}", net.part4[1],
+                  ipaddress.IPv6Address(net.part6[0]).exploded.upper()]
+    args = [arg for label, address in zip(labels, other_ways, strict=True)
+            for arg in ("--partition", f"{label}={tmp_path}", "--address", f"{label}={address}")]
+    collect(net, data_dir, *args)
+    workload(net, users[0], f"{net.part4[0]},{net.peer4},D,{MB}", f"{net.part6[0]},{net.peer6},U,{MB}")
+    collect(net, data_dir, *args)
+    rows = last_rows(data_dir)
+    assert [rows[label]["net_source"] for label in labels] == ["nftables"] * 3
+    assert_close(rows["0app"]["net_in_bytes"], MB, "a label beginning with a digit, an IPv4-mapped address")
+    assert_close(rows["é-ü.1"]["net_out_bytes"], MB, "an IPv6 address written out in upper case")
+    assert rows["_x"]["net_in_bytes"] < SLACK
+
+
+def test_an_address_written_two_ways_is_one_address(tmp_path) -> None:
+    """Addresses are compared as nft prints them: two spellings of one address are one partition's."""
+    from slapos_collect_recipe import traffic
+    from slapos_collect_recipe.config import CollectSettings, Partition
+
+    settings = CollectSettings(data_dir=tmp_path, partitions=[Partition(label) for label in "abc"],
+                               addresses={"a": ["10.0.0.1", "fd00::1"], "b": ["::FFFF:10.0.0.1", "2001:DB8:0::0:1"],
+                                          "c": ["FD00:0:0::0001", "2001:db8::1"]})
+    notes = traffic.Notes(None)
+    found = {t.label: t.addresses for t in traffic.targets(settings, notes)}
+    assert found == {"a": ["10.0.0.1", "fd00::1"], "b": ["2001:db8::1"], "c": []}
+    assert notes.problems == [
+        "address 10.0.0.1 of partition b is already partition a's: ignored",
+        "address fd00::1 of partition c is already partition a's: ignored",
+        "address 2001:db8::1 of partition c is already partition b's: ignored",
+    ]
