@@ -410,6 +410,11 @@ def test_per_address_key():
     one = address_key(("2001:db8:1:2::1", 4000, 0, 0), socket.AF_INET6)
     assert one == address_key(("2001:db8:1:2:ffff::9", 5000, 0, 0), socket.AF_INET6)  # one /64
     assert one != address_key(("2001:db8:1:3::1", 4000, 0, 0), socket.AF_INET6)
+    # IPv4-mapped (a dual-stack socket): each its own IPv4 address, as on an IPv4 socket
+    mapped = address_key(("::ffff:127.0.0.5", 4000, 0, 0), socket.AF_INET6)
+    assert mapped == address_key(("127.0.0.5", 4000), socket.AF_INET)
+    assert mapped != address_key(("::ffff:127.0.0.6", 4000, 0, 0), socket.AF_INET6)
+    assert mapped != address_key(("::1", 4000, 0, 0), socket.AF_INET6)
 
 
 def test_a_full_address_of_busy_connections_refuses_the_next_one(data_dir):
