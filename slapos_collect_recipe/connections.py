@@ -104,13 +104,21 @@ def default_max_connections(descriptors: int) -> int:
     return max(8, min(MAX_DEFAULT_CONNECTIONS, descriptors - max(64, descriptors // 8)))
 
 
+_V4_MAPPED = bytes(10) + b"\xff\xff"
+
+
 def address_key(peer: Any, family: int) -> Any:
-    """Per-address caps count an IPv6 client's whole /64 as one address (one host's share)."""
+    """Per-address caps count an IPv6 client's whole /64 as one address (one host's share);
+    an IPv4-mapped one (``::ffff:a.b.c.d``, on a dual-stack socket) is its IPv4 address,
+    not the /64 that every IPv4 client and ``::1`` would share."""
     if family == socket.AF_INET6:
         try:
-            return socket.inet_pton(socket.AF_INET6, peer[0].partition("%")[0])[:8]
+            packed = socket.inet_pton(socket.AF_INET6, peer[0].partition("%")[0])
         except (OSError, TypeError, IndexError):
             return peer
+        if packed[:12] == _V4_MAPPED:
+            return socket.inet_ntop(socket.AF_INET, packed[12:])
+        return packed[:8]
     return peer[0] if isinstance(peer, tuple) else peer
 
 
@@ -126,7 +134,7 @@ def hard_close(transport: asyncio.BaseTransport) -> None:
 
 class Conn:
     __slots__ = ("key", "address", "phase", "since", "transport", "task", "sock", "started", "line_seen",
-                 "head_bytes", "tail")
+                 "head_bytes", "tail", "body")
 
     def __init__(self, key: Any, address: Address, phase: str, now: float, sock: socket.socket) -> None:
         self.key = key
@@ -140,6 +148,7 @@ class Conn:
         self.line_seen = False
         self.head_bytes = 0  # of the request head so far; -1 once its end is seen
         self.tail = b""  # the last bytes received, for an end of head split across two reads
+        self.body: Any = None  # an answered request's payload still arriving (not a new head)
 
 
 class Address:
@@ -385,10 +394,12 @@ class Gate:
         elif conn.phase == CLOSED:
             transport.abort()
 
-    def done(self, conn: Conn) -> None:
-        """The response is handed to the transport: the connection waits for the next request."""
+    def done(self, conn: Conn, payload: Any) -> None:
+        """The response is handed to the transport: the connection waits for the next request,
+        once the rest of this one's body (if the handler left it unread) has arrived."""
         if conn.phase != CLOSED:
             self.enter(conn, IDLE)
+            conn.body = None if payload.is_eof() else payload
 
     def stalled(self, conn: Conn, paused: bool) -> None:
         if paused and conn.phase not in (CLOSED, STALLED):
@@ -484,6 +495,11 @@ class Handler(web.RequestHandler):
 
     def data_received(self, data: bytes) -> None:
         conn = self.monitor_conn
+        if conn.body is not None:  # the answered request's body: aiohttp's parser discards it
+            super().data_received(data)
+            if conn.body.is_eof():
+                conn.body = None  # what comes next is a request
+            return
         if conn.phase == IDLE:
             self.monitor_gate.enter(conn, HEAD)  # a new request starts: its headers are timed
         if conn.phase == HEAD and conn.head_bytes >= 0:
@@ -518,7 +534,7 @@ class Handler(web.RequestHandler):
 
     def log_access(self, request: web.BaseRequest, response: web.StreamResponse, time: float | None) -> None:
         # Called once the response is written (or the client left): the request is over.
-        self.monitor_gate.done(self.monitor_conn)
+        self.monitor_gate.done(self.monitor_conn, request.content)
         super().log_access(request, response, time)
 
     def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,

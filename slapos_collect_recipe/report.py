@@ -29,6 +29,9 @@ from .store import COUNTERS, Store
 log = logging.getLogger("slapos_collect")
 
 REPORT_DIR = "consumption-report"
+# ".<day>.xml.handed" beside a journal: its hand-over to `slapos node report` is made
+# (kept until the day's rotation is complete; see hand_to_node_report).
+HANDED_SUFFIX = ".handed"
 MIB = 1024.0 * 1024.0
 HISTORY_DAYS = 30
 
@@ -126,10 +129,14 @@ def consumption_journal(store: Store, day: str, computer_id: str) -> bytes:
     return ("<?xml version='1.0' encoding='utf-8'?>" + body).encode("utf-8")
 
 
+def journal_path(data_dir: Path, day: str) -> Path:
+    return Path(data_dir) / REPORT_DIR / f"{day}.xml"
+
+
 def report_path(data_dir: Path, day: str) -> Path | None:
     """Where the day's journal goes, or None when it (or its ``.uploaded``
     mark) is already there: a journal is never rebuilt."""
-    path = Path(data_dir) / REPORT_DIR / f"{day}.xml"
+    path = journal_path(data_dir, day)
     if path.exists() or path.with_name(path.name + ".uploaded").exists():
         return None
     return path
@@ -158,24 +165,36 @@ def hand_to_node_report(journal: Path, xml_report_dir: Path | None) -> Path | No
     """Node mode: a journal just written goes where ``slapos node report``
     takes it (``<instance_root>/var/xml_report/<computer_id>/<day>.xml``; it
     validates, sends and deletes every file there), as the original copies
-    each journal it builds. Only a journal written by this run is handed over,
-    and a journal is never rebuilt: a day is never sent twice. Atomic: the
-    temp file lives in the parent folder, never among the files it sends."""
+    each journal it builds. Only the journal of the day being rotated is handed
+    over, and a journal is never rebuilt: a day is never sent twice. A
+    hand-over made leaves its mark beside the journal until the rotation is
+    complete, so that ``rotate.recover`` retries one that failed (a full
+    disk) and never repeats one that was made. Atomic: the temp file lives
+    in the parent folder, never among the files it sends; never over a file
+    already there."""
     if xml_report_dir is None:
         return None
+    mark = journal.with_name(f".{journal.name}{HANDED_SUFFIX}")
+    if mark.exists():
+        return None
     final = xml_report_dir / journal.name
-    if not write_atomic(final, journal.read_bytes(), replace=False, tmp_dir=xml_report_dir.parent):
+    handed = write_atomic(final, journal.read_bytes(), replace=False, tmp_dir=xml_report_dir.parent)
+    write_atomic(mark, b"")
+    if not handed:
         return None
     log.info("journal %s handed to slapos node report in %s", journal.name, xml_report_dir)
     return final
 
 
 def clean_report_leftovers(data_dir: Path, xml_report_dir: Path | None = None) -> None:
+    """Temp files of killed runs, and the hand-over marks of completed rotations
+    (called once no rotation is pending)."""
     folders = [Path(data_dir) / REPORT_DIR] + ([xml_report_dir.parent] if xml_report_dir else [])
     for folder in folders:
         if folder.is_dir():
-            for leftover in folder.glob(f".*{TMP_SUFFIX}"):
-                leftover.unlink(missing_ok=True)
+            for pattern in (f".*{TMP_SUFFIX}", f".*{HANDED_SUFFIX}"):
+                for leftover in folder.glob(pattern):
+                    leftover.unlink(missing_ok=True)
 
 
 # -- the SlapOS monitor's per-partition JSON -----------------------------------------

@@ -171,9 +171,12 @@ def rotate_day(store: Store, settings: config.CollectSettings, day: str, result:
     tmp.unlink(missing_ok=True)
     with open(tmp, "xb"):
         pass
+    # Whether this run writes the day's journal (not when a late archive follows one):
+    # recover() then hands it over if the hand-over was not made.
+    journal_due = report.report_path(data_dir, day) is not None
     with store.transaction():
         store.set_state(PENDING_KEY, {"day": day, "archive": name, "limits": limits,
-                                      "inode": os.stat(tmp).st_ino})
+                                      "inode": os.stat(tmp).st_ino, "journal": journal_due})
     _pause("pending")
     decision: SimpleQueue[bool] = SimpleQueue()
     told = linked = False
@@ -182,7 +185,7 @@ def rotate_day(store: Store, settings: config.CollectSettings, day: str, result:
         marks = side.submit(_mark_until_told, store.path, day, limits, decision)
         try:
             journal = None
-            if report.report_path(data_dir, day) is not None:
+            if journal_due:
                 journal = side.submit(report.journal_from, store.path, day, settings.computer_id)
             dump_day(store, data_dir, day, limits, tmp, progress)
             journal_bytes = journal.result() if journal is not None else None
@@ -231,8 +234,9 @@ def recover(store: Store, data_dir: Path, computer_id: str = "", xml_report_dir:
         if archive.is_file() and pending.get("inode", archive.stat().st_ino) == archive.stat().st_ino:
             fsync_dir(data_dir)
             written = report.write_consumption_report(store, data_dir, pending["day"], computer_id)
-            if written:
-                report.hand_to_node_report(written, xml_report_dir)
+            journal = written or (report.journal_path(data_dir, pending["day"]) if pending.get("journal") else None)
+            if journal is not None and journal.is_file():  # written by that run, its hand-over maybe not
+                report.hand_to_node_report(journal, xml_report_dir)
             _finish(store, pending["day"], {t: int(v) for t, v in pending["limits"].items()})
             outcome = f"completed {pending['archive']}"
         else:

@@ -258,16 +258,24 @@ def temperature_samples(readings: dict[str, list]) -> list[TemperatureSample]:
     """psutil's ``sensors_temperatures()`` (chip -> ``shwtemp(label, current,
     high, critical)``) as samples. A mark of None or at most 0 °C is no mark
     (drivers report 0 for "none"); psutil copies high to critical and back
-    when only one is known."""
+    when only one is known. psutil merges chips of one name (two NVMe drives,
+    two sockets' coretemp): a label met again is told apart as ``label#2``,
+    ``label#3``, in psutil's order (the hwmon numbering)."""
     samples = []
+    seen: dict[tuple[str, str], int] = {}
     for chip, entries in readings.items():
         for index, entry in enumerate(entries, 1):
             label, current, high, critical = entry[:4]
             if current is None:
                 continue
+            chip = chip or "unknown"
+            sensor = label or f"temp{index}"
+            seen[chip, sensor] = times = seen.get((chip, sensor), 0) + 1
+            if times > 1:
+                sensor = f"{sensor}#{times}"
             marks = [mark for mark in (high, critical) if mark is not None and mark > 0]
             samples.append(TemperatureSample(
-                chip=chip or "unknown", sensor=label or f"temp{index}", temperature=round(float(current), 3),
+                chip=chip, sensor=sensor, temperature=round(float(current), 3),
                 high=high, critical=critical, alarm=any(current > mark for mark in marks),
             ))
     return samples

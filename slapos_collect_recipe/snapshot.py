@@ -136,7 +136,8 @@ class TemperatureSample:
     """One temperature sensor the kernel exposes (hwmon, or a thermal zone).
 
     ``sensor_id`` is ``<chip>/<sensor>``: the chip's hwmon name (or the
-    thermal zone's type) and the sensor's label, ``temp<N>`` when it has none.
+    thermal zone's type) and the sensor's label, ``temp<N>`` when it has none,
+    ``#2``, ``#3`` after a label met again on a chip of the same name.
     ``alarm`` when the reading is above the sensor's high or critical mark."""
 
     chip: str

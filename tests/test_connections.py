@@ -352,6 +352,28 @@ def test_oversized_request_line_header_and_body(data_dir):
         assert later(server) == [], server.stderr  # no traceback per bad request
 
 
+def test_a_body_left_unread_is_not_taken_for_the_next_request_head(data_dir):
+    """A handler that answers without reading the body (405, 404): the body that arrives
+    after the answer is the request's, not a new request's head (no 431 on top of the
+    answer); the connection goes on to its next request."""
+    body = b"x" * (1 << 20)  # far more than max-header-bytes
+    with running_server(data_dir) as server:
+        for path in ("/", f"/{SECRET}/nothing-here"):
+            head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+                sock.sendall(head)
+                time.sleep(0.2)  # answered by now: the body comes after the answer
+                sock.sendall(body)
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                answer = b""
+                while chunk := sock.recv(65536):
+                    answer += chunk
+            statuses = re.findall(rb"HTTP/1\.1 (\d+) ", answer)
+            assert statuses == [b"405" if path == "/" else b"404", b"200"], answer
+            assert answer.endswith(b"OK"), answer
+        assert later(server) == [], server.stderr
+
+
 # -- settings ------------------------------------------------------------------------------------
 
 
@@ -410,6 +432,11 @@ def test_per_address_key():
     one = address_key(("2001:db8:1:2::1", 4000, 0, 0), socket.AF_INET6)
     assert one == address_key(("2001:db8:1:2:ffff::9", 5000, 0, 0), socket.AF_INET6)  # one /64
     assert one != address_key(("2001:db8:1:3::1", 4000, 0, 0), socket.AF_INET6)
+    # IPv4-mapped (a dual-stack socket): each its own IPv4 address, as on an IPv4 socket
+    mapped = address_key(("::ffff:127.0.0.5", 4000, 0, 0), socket.AF_INET6)
+    assert mapped == address_key(("127.0.0.5", 4000), socket.AF_INET)
+    assert mapped != address_key(("::ffff:127.0.0.6", 4000, 0, 0), socket.AF_INET6)
+    assert mapped != address_key(("::1", 4000, 0, 0), socket.AF_INET6)
 
 
 def test_a_full_address_of_busy_connections_refuses_the_next_one(data_dir):

@@ -146,16 +146,21 @@ def test_rotate_writes_one_report_per_archived_day(data_dir: Path) -> None:
     assert len(movements(data_dir / "consumption-report" / f"{yesterday}.xml")) == 8
 
 
-def test_node_mode_hands_each_new_journal_to_node_report_once(tmp_path: Path) -> None:
-    """--slapos-cfg: each journal written also goes to xml_report/<computer_id>/, where
-    `slapos node report` sends and deletes it; a day is never handed over twice,
-    even when a rotation killed before its journal is finished by the next one."""
+def node_layout(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A node's data dir, its slapos.cfg, and where `slapos node report` takes the journals."""
     root = tmp_path / "srv"
     data_dir = root / "var" / "data-log"
     data_dir.mkdir(parents=True)
     cfg = tmp_path / "slapos.cfg"
     cfg.write_text(f"[slapos]\ninstance_root = {root}\ncomputer_id = COMP-7\n[slapformat]\npartition_amount = 0\n")
-    inbox = root / "var" / "xml_report" / "COMP-7"
+    return data_dir, cfg, root / "var" / "xml_report" / "COMP-7"
+
+
+def test_node_mode_hands_each_new_journal_to_node_report_once(tmp_path: Path) -> None:
+    """--slapos-cfg: each journal written also goes to xml_report/<computer_id>/, where
+    `slapos node report` sends and deletes it; a day is never handed over twice,
+    even when a rotation killed before its journal is finished by the next one."""
+    data_dir, cfg, inbox = node_layout(tmp_path)
     first, second = rotate.gc_cutoff(rotate.today_utc(), 2), rotate.gc_cutoff(rotate.today_utc(), 1)
     with Store(data_dir / DB_NAME) as store:
         fill(store, first)
@@ -184,6 +189,29 @@ def test_node_mode_hands_each_new_journal_to_node_report_once(tmp_path: Path) ->
     run_cli("rotate", "--slapos-cfg", str(cfg), check=True)
     assert (data_dir / f"{first}.late-1.tar.gz").exists()
     assert sorted(p.name for p in inbox.iterdir()) == [f"{second}.xml"]
+
+
+def test_a_failed_hand_over_is_retried_until_it_succeeds(tmp_path: Path) -> None:
+    """The journal is written, its hand-over fails (here: the inbox is a file, not a
+    folder): the run says so, and the next runs hand it over once they can, never twice."""
+    data_dir, cfg, inbox = node_layout(tmp_path)
+    inbox.parent.mkdir(parents=True)
+    inbox.write_text("in the way")
+    day = rotate.gc_cutoff(rotate.today_utc(), 1)
+    with Store(data_dir / DB_NAME) as store:
+        fill(store, day)
+    for _ in range(2):  # the journal is there, the inbox still is not: each run says so
+        proc = run_cli("rotate", "--slapos-cfg", str(cfg))
+        assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+        assert (data_dir / "consumption-report" / f"{day}.xml").is_file()
+    inbox.unlink()  # fixed
+    run_cli("rotate", "--slapos-cfg", str(cfg), check=True)
+    journal = (data_dir / "consumption-report" / f"{day}.xml").read_bytes()
+    assert (inbox / f"{day}.xml").read_bytes() == journal
+    assert (data_dir / f"{day}.tar.gz").is_file()
+    (inbox / f"{day}.xml").unlink()  # sent by `slapos node report`
+    run_cli("rotate", "--slapos-cfg", str(cfg), check=True)
+    assert not list(inbox.iterdir())
 
 
 def partition(tmp_path: Path, label: str, monitor: bool = True) -> config.Partition:

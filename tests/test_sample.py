@@ -68,6 +68,14 @@ THERMAL = {
 }
 
 
+# Two NVMe drives: two hwmon chips of one name, each with the label "Composite"
+# (psutil merges chips of one name into one list).
+TWO_DRIVES = {
+    "hwmon/hwmon0/name": "nvme", "hwmon/hwmon0/temp1_input": "41000", "hwmon/hwmon0/temp1_label": "Composite",
+    "hwmon/hwmon1/name": "nvme", "hwmon/hwmon1/temp1_input": "57000", "hwmon/hwmon1/temp1_label": "Composite",
+}
+
+
 def _collect_with_fake_sysfs(data_dir: Path, files: dict[str, str]) -> None:
     """One real collect run in a private mount namespace whose /sys/class holds ``files``."""
     layout = [f"mkdir -p {shlex.quote(str(Path('/sys/class', name).parent))} && "
@@ -102,3 +110,17 @@ def test_every_sensor_is_stored_charted_and_exported(data_dir: Path) -> None:
     assert 'node_hwmon_temp_celsius{chip="x86_pkg_temp",sensor="temp1"} 38.0' in exposed
     assert 'node_hwmon_temp_alarm{chip="x86_pkg_temp",sensor="temp1"} 0.0' in exposed
     assert "coretemp" not in exposed  # only the latest run's sensors
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root for a mount namespace")
+def test_sensors_of_one_name_and_label_are_kept_apart(data_dir: Path) -> None:
+    _collect_with_fake_sysfs(data_dir, TWO_DRIVES)
+    with sqlite3.connect(data_dir / "collector.db") as conn:
+        rows = conn.execute("SELECT sensor_id, temperature FROM temperature ORDER BY temperature").fetchall()
+    conn.close()
+    assert rows == [("nvme/Composite", 41.0), ("nvme/Composite#2", 57.0)]
+    assert (data_dir / "temperature_nvme_Composite.csv").read_text().splitlines()[1].endswith(",41")
+    assert (data_dir / "temperature_nvme_Composite_2.csv").read_text().splitlines()[1].endswith(",57")
+    exposed = metrics.render(metrics.build_registry(data_dir)).decode()
+    assert 'node_hwmon_temp_celsius{chip="nvme",sensor="Composite"} 41.0' in exposed
+    assert 'node_hwmon_temp_celsius{chip="nvme",sensor="Composite#2"} 57.0' in exposed
