@@ -321,8 +321,9 @@ def _measure(cgroup: str | None) -> int:
                   f"{ticks[kind][2]} times." for kind in ticks),
         "- The daemon is re-parented to a root subreaper that reaps it at once, as supervisord does: children's "
         "times (ours, and apps.plugin's exited-children aggregation) cannot see its end; the accounting "
-        "records' CPU is the kernel's tick samples, which stray on a busy machine (see README, "
-        "\"Partition accounting\").",
+        "records' CPU is the kernel's tick samples, which stray on a busy machine: ours takes the part after "
+        "the last run raw minus the raw samples that run read (taskstats), at the real/raw ratio it saw (see "
+        "README, \"Partition accounting\").",
     ]
     notes.append("- apps.plugin runs standalone as `apps.plugin 1 without-files` with its stdin held open (it "
                  "stops when netdata's end of the pipe closes); its `users.cpu` lines (`BEGIN users.cpu <usec>`, "
