@@ -318,6 +318,21 @@ def test_hybrid_layout_reads_the_v1_memory_cgroup(users: dict, workloads: list[W
     assert load.mb * MB * 0.95 <= figure["used"] <= load.mb * MB + SLACK
 
 
+@needs_root
+def test_hybrid_layout_twin_without_the_partitions_processes_is_not_read(users: dict, workloads: list[Workload],
+                                                                         new_cgroup) -> None:
+    """The same path exists in the v1 memory hierarchy, but the partition's processes are not in it
+    (another cgroup that happens to have that name): its figure is not the partition's, the PSS sum is."""
+    unified = new_cgroup(UNIFIED)
+    if (unified / "memory.current").exists():
+        pytest.skip("the memory controller is in the unified hierarchy here: not the hybrid layout")
+    new_cgroup(V1_MEMORY)  # the twin: empty
+    load = spawn(workloads, 128, 8, unified)
+    figure, _ = measure(OWNER, cgroup=unified)
+    assert figure["source"] == "pss", figure
+    assert load.mb * MB * 0.95 <= figure["used"] <= load.mb * MB + SLACK
+
+
 def _samples(pids: list[int], label: str = OWNER) -> list[ProcessSample]:
     from slapos_collect_recipe import sample
 
