@@ -91,6 +91,11 @@ def _in_v1_memory_cgroup(directory: str, pids: Iterable[int], proc_root: str = "
     return False
 
 
+def _on_cgroup_fs(path: str) -> bool:
+    kind = cgroup.filesystem(path)
+    return kind is None or kind in cgroup.CGROUP_FILESYSTEMS
+
+
 def cgroup_memory(path: str, pids: Iterable[int] | None = None) -> Figure | None:
     """The working set of the cgroup at ``path``, or None when it has no
     memory controller (or cannot be read: the CPU sampler reports that).
@@ -199,7 +204,7 @@ def fill(
     for entry in usage:
         members = by_label.get(entry.partition, [])
         path = cgroups.get(entry.partition)
-        figure = cgroup_memory(path, [p.pid for p in members]) if path else None
+        figure = cgroup_memory(path, [p.pid for p in members]) if path and _on_cgroup_fs(path) else None
         if figure is not None:
             entry.memory_used, entry.memory_source = figure.used, figure.source
             continue

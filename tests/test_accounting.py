@@ -350,6 +350,23 @@ def test_cgroup_files_are_read_not_guessed(tmp_path: Path) -> None:
         assert reading.kind == "cgroup-v1" and reading.cpu_usec > 0
 
 
+def test_a_directory_that_looks_like_a_cgroup_is_not_one(tmp_path: Path) -> None:
+    """A copy of a cgroup's files (a backup, a fixture) outside a cgroup filesystem is no cgroup:
+    its numbers are nobody's usage."""
+    from slapos_collect_recipe.cgroup import CgroupError, check_cgroup, read_usage
+
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "cgroup.controllers").write_text("cpu io memory\n")
+    (fake / "cpu.stat").write_text("usage_usec 123456789\nuser_usec 1\nsystem_usec 1\n")
+    (tmp_path / "cpuacct.usage").write_text("5000\n")
+    for path in (fake, tmp_path):
+        with pytest.raises(CgroupError, match="is not a cgroup"):
+            check_cgroup(str(path))
+        with pytest.raises(CgroupError, match="is not a cgroup"):
+            read_usage(str(path))
+
+
 @needs_root
 def test_accounting_file_truncated_or_not_one(tmp_path: Path) -> None:
     """A real kernel-written file: whole records are read, a cut record or bytes

@@ -444,6 +444,18 @@ def test_cgroup_files_on_a_fixture_tree(tmp_path: Path) -> None:
     assert memory.cgroup_memory(str(tmp_path / "gone")) is None
 
 
+def test_memory_files_outside_a_cgroup_filesystem_are_not_read(tmp_path: Path) -> None:
+    """A directory holding copies of a cgroup's memory files is not the partition's cgroup: its
+    processes' PSS is the figure, never the copy's numbers."""
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "memory.current").write_text("999999999\n")
+    (fake / "memory.stat").write_text("inactive_file 0\n")
+    usage = _usage([])
+    memory.fill(usage, [], {OWNER: str(fake)}, None, time.time(), 0)
+    assert (usage[0].memory_used, usage[0].memory_source) == (0, "pss")
+
+
 def _usage_rows(db: Path) -> list[sqlite3.Row]:
     con = sqlite3.connect(db)
     con.row_factory = sqlite3.Row
