@@ -279,6 +279,10 @@ def _node_file(path: str, previous: dict, problems: list[str]) -> tuple[list[End
     """Read the node's accounting file (never written nor truncated here),
     following a rotation (the old inode renamed to ``path.0``)."""
     ino = _inode(path)
+    if not previous.get("own") and previous.get("file") != path:
+        followed = _follow_rotation(previous, path, problems)
+        if followed is not None:
+            return followed
     if previous.get("own") or previous.get("file") != path:
         # Just found (or taken over from us): count from the next run.
         if previous.get("own"):
@@ -296,6 +300,32 @@ def _node_file(path: str, previous: dict, problems: list[str]) -> tuple[list[End
     got, offset = _read_from(path, offset, problems)
     records.extend(got)
     return records, {"own": False, "file": path, "ino": ino, "offset": offset}
+
+
+def _follow_rotation(previous: dict, path: str, problems: list[str]) -> tuple[list[Ended], dict] | None:
+    """Another collector's file (``pacct.<n>`` of its data dir, registered) rotated
+    to ``pacct.<m>`` beside it since the previous run: the rest of the old one,
+    any in between, then the new one from its start (it was switched on after
+    the previous run, which found the old one active). None when ``path`` is
+    not such a successor."""
+    old = previous.get("file") or ""
+    was, now = _OWN_RE.match(os.path.basename(old)), _OWN_RE.match(os.path.basename(path))
+    if not (was and now and os.path.dirname(old) == os.path.dirname(path)
+            and int(now.group(1)) > int(was.group(1))):
+        return None
+    records: list[Ended] = []
+    if _inode(old) == previous.get("ino"):
+        records, _ = _read_from(old, previous.get("offset", 0), problems)
+    else:
+        log.info("accounting file %s was removed before its last records were read here", old)
+    for number in range(int(was.group(1)) + 1, int(now.group(1))):
+        between = os.path.join(os.path.dirname(path), f"{OWN_NAME}.{number}")
+        if os.path.exists(between):
+            records.extend(_read_from(between, 0, problems)[0])
+    got, offset = _read_from(path, 0, problems)
+    records.extend(got)
+    log.info("process accounting went on from %s to %s (rotated by another collector): followed", old, path)
+    return records, {"own": False, "file": path, "ino": _inode(path), "offset": offset}
 
 
 def _switch_off_own(data_dir: Path) -> None:

@@ -444,6 +444,52 @@ def test_own_accounting_file_rotated_and_removed_after_commit(tmp_path: Path, mo
         assert not list(tmp_path.glob("pacct.*")) and pacct.probe([str(tmp_path / "pacct.1")]) is None
 
 
+def _ended_pids(n: int) -> list[int]:
+    pids = []
+    for _ in range(n):
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+        pids.append(pid)
+    return pids
+
+
+@needs_root
+def test_another_collectors_file_followed_through_its_rotation(tmp_path: Path, monkeypatch) -> None:
+    """Two collectors of one node (two data dirs): the second reads the file the first
+    switched on and registered. When the first rotates its file, the second reads the
+    rest of the old one and goes on in the new one: no interval without records, no
+    record lost."""
+    from slapos_collect_recipe import pacct
+
+    monkeypatch.setattr(pacct, "NODE_FILES", ())
+    monkeypatch.setattr(pacct, "REGISTRY", str(tmp_path / "registry"))
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    with accounting_restored():
+        problems: list[str] = []
+        _, state_a = pacct.read_ended(first, "yes", None, problems)
+        _, state_b = pacct.read_ended(second, "auto", None, problems)
+        assert state_b["file"] == str(first / "pacct.0") and not state_b["own"]
+        _, state_a = pacct.read_ended(first, "yes", state_a, problems)
+        records, state_b = pacct.read_ended(second, "auto", state_b, problems)
+        assert records is not None
+        before = _ended_pids(2)
+        monkeypatch.setattr(pacct, "ROTATE_BYTES", 0)
+        _, state_a = pacct.read_ended(first, "yes", state_a, problems)
+        monkeypatch.setattr(pacct, "ROTATE_BYTES", 1 << 30)
+        assert state_a["file"] == str(first / "pacct.1")
+        after = _ended_pids(2)
+        records, state_b = pacct.read_ended(second, "auto", state_b, problems)
+        assert records is not None and set(before + after) <= {r.pid for r in records}, problems
+        assert state_b["file"] == str(first / "pacct.1") and not problems
+        again = _ended_pids(1)
+        records, state_b = pacct.read_ended(second, "auto", state_b, problems)
+        assert {r.pid for r in records} & set(before + after) == set() and set(again) <= {r.pid for r in records}
+
+
 @needs_root
 def test_node_accounting_file_is_only_read_and_followed_through_rotation(tmp_path: Path, monkeypatch) -> None:
     """Accounting already on into the node's file (as Debian's acct package does):
