@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import re
 import struct
@@ -55,11 +56,16 @@ def comp_t(value: int) -> int:
 _VERSIONS = (ACCT_VERSION, ACCT_VERSION | 0x80)  # 0x80: written by a big-endian kernel
 
 
+_ETIME = struct.Struct("=f")  # ac_etime, at offset 28
+
+
 def _valid(data: bytes | memoryview, at: int) -> bool:
     """Whether the 64 bytes at ``at`` look like an acct v3 record: its version,
-    known flag bits only, a NUL-terminated command name, a plausible start."""
+    known flag bits only, a NUL-terminated command name, a plausible start, an
+    elapsed time that is a number of at least 0."""
     return (data[at + 1] in _VERSIONS and not data[at] & 0xE0 and data[at + 63] == 0
-            and _BTIME_MIN <= int.from_bytes(data[at + 24:at + 28], sys.byteorder) <= _BTIME_MAX)
+            and _BTIME_MIN <= int.from_bytes(data[at + 24:at + 28], sys.byteorder) <= _BTIME_MAX
+            and 0.0 <= _ETIME.unpack_from(data, at + 28)[0] < math.inf)
 
 
 def parse(data: bytes, where: str) -> tuple[list[Ended], int, str | None]:
@@ -81,7 +87,7 @@ def parse(data: bytes, where: str) -> tuple[list[Ended], int, str | None]:
             end = at + (len(data) - at) // SIZE * SIZE
             continue
         for fields in RECORD.iter_unpack(view[at:end]):
-            if fields[1] not in _VERSIONS or fields[0] & 0xE0 or fields[18][15]:
+            if fields[1] not in _VERSIONS or fields[0] & 0xE0 or fields[18][15] or not 0.0 <= fields[9] < math.inf:
                 break
             # ac_uid, ac_pid, ac_btime, ac_etime, ac_utime, ac_stime
             records.append(Ended(uid=fields[4], pid=fields[6], ppid=fields[7], btime=float(fields[8]),

@@ -406,14 +406,35 @@ def test_accounting_file_truncated_or_not_one(tmp_path: Path) -> None:
     assert pacct.comp_t(0x2001) == 8 and pacct.comp_t(100) == 100
 
 
+def test_accounting_record_with_an_impossible_elapsed_time_is_not_one() -> None:
+    """Bytes that pass for a record but whose elapsed time is not a number, or negative (a file
+    written over): skipped as not a record, one line; never a NaN in the figures."""
+    from slapos_collect_recipe import pacct
+
+    def record(pid: int, elapsed: float) -> bytes:
+        return pacct.RECORD.pack(0, 3, 0, 0, 1000, 1000, pid, 1, 1_700_000_000, elapsed, 50, 50, 0, 0, 0, 0, 0, 0,
+                                 b"job\0".ljust(16, b"\0"))
+
+    data = record(10, 100.0) + record(11, float("nan")) + record(12, -5.0) + record(13, float("inf")) \
+        + record(14, 200.0)
+    records, used, problem = pacct.parse(data, "f")
+    assert [r.pid for r in records] == [10, 14] and used == len(data)
+    assert problem is not None and "not acct v3 records" in problem
+    assert records[0].cpu == 1.0 and records[0].elapsed == 1.0
+
+
 # --- kernel accounting as root: our file, the node's file, a kill -9 before the commit -------
 
-def _end_processes(n: int = 3) -> None:
+def _end_processes(n: int = 3) -> list[int]:
+    """Start and reap ``n`` processes that end at once; their pids."""
+    pids = []
     for _ in range(n):
         pid = os.fork()
         if pid == 0:
             os._exit(0)
         os.waitpid(pid, 0)
+        pids.append(pid)
+    return pids
 
 
 @needs_root
@@ -444,17 +465,6 @@ def test_own_accounting_file_rotated_and_removed_after_commit(tmp_path: Path, mo
         assert not list(tmp_path.glob("pacct.*")) and pacct.probe([str(tmp_path / "pacct.1")]) is None
 
 
-def _ended_pids(n: int) -> list[int]:
-    pids = []
-    for _ in range(n):
-        pid = os.fork()
-        if pid == 0:
-            os._exit(0)
-        os.waitpid(pid, 0)
-        pids.append(pid)
-    return pids
-
-
 @needs_root
 def test_another_collectors_file_followed_through_its_rotation(tmp_path: Path, monkeypatch) -> None:
     """Two collectors of one node (two data dirs): the second reads the file the first
@@ -476,16 +486,16 @@ def test_another_collectors_file_followed_through_its_rotation(tmp_path: Path, m
         _, state_a = pacct.read_ended(first, "yes", state_a, problems)
         records, state_b = pacct.read_ended(second, "auto", state_b, problems)
         assert records is not None
-        before = _ended_pids(2)
+        before = _end_processes(2)
         monkeypatch.setattr(pacct, "ROTATE_BYTES", 0)
         _, state_a = pacct.read_ended(first, "yes", state_a, problems)
         monkeypatch.setattr(pacct, "ROTATE_BYTES", 1 << 30)
         assert state_a["file"] == str(first / "pacct.1")
-        after = _ended_pids(2)
+        after = _end_processes(2)
         records, state_b = pacct.read_ended(second, "auto", state_b, problems)
         assert records is not None and set(before + after) <= {r.pid for r in records}, problems
         assert state_b["file"] == str(first / "pacct.1") and not problems
-        again = _ended_pids(1)
+        again = _end_processes(1)
         records, state_b = pacct.read_ended(second, "auto", state_b, problems)
         assert {r.pid for r in records} & set(before + after) == set() and set(again) <= {r.pid for r in records}
 
