@@ -204,10 +204,14 @@ def compute(
             label = prev_procs[key][_LABEL]
             if label in ended:
                 ended[label] += 1
-    elif gone or records:
+        if records:
+            # The previous boot's records (after its last run) are of another boot's interval; this
+            # boot's processes all started since the previous run: counted in full where reaped outside.
+            records = [record for record in records if record.btime >= boot_time - _START_SLACK]
+    if (gone and not reboot) or records:
         for label, sub_cpu, sub_io_b, sub_io_ops, acct_cpu, count_ended in _settle_ended(
-                gone, prev_procs, current, records, uids, set(labels), prev_epoch or now, interval,
-                boot_time, previous.get("uptime") if previous else None):
+                [] if reboot else gone, prev_procs, current, records, uids, set(labels), prev_epoch or now,
+                interval, boot_time, previous.get("uptime") if previous else None):
             children[label] -= sub_cpu
             io_b[label] -= sub_io_b
             io_ops[label] -= sub_io_ops

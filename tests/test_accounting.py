@@ -321,6 +321,23 @@ def test_daemon_tail_takes_the_stray_of_its_ticks_off() -> None:
     assert settle(None).cpu_time == pytest.approx(4.8 - 3.0)  # the whole life's stray: what the raw read avoids
 
 
+def test_reboot_with_accounting_counts_this_boots_daemons_only() -> None:
+    """A reboot between two runs, with the node's accounting file read on: a daemon of this
+    boot that ended outside the partition before the first run counts in full; a record of
+    the previous boot (after its last run) is of another boot's interval: not counted."""
+    from slapos_collect_recipe.accounting import Ended, compute
+    from slapos_collect_recipe.config import Partition
+
+    partitions = [Partition("p", uid=1000)]
+    _, state = compute(partitions, [_sample(50, 600.0, 9.0)], [(1, 0.0)], None, 5000.0, 500.0, 2,
+                       ended_records=[], uids={"p": 1000}, uptime=4500.0)
+    old_boot = Ended(uid=1000, pid=50, ppid=1, btime=600.0, cpu=9.5, elapsed=4410.0)
+    this_boot = Ended(uid=1000, pid=70, ppid=1, btime=9030.0, cpu=2.0, elapsed=10.0)
+    usage, _ = compute(partitions, [], [], state, 9100.0, 9000.0, 2, ended_records=[old_boot, this_boot],
+                       uids={"p": 1000}, uptime=100.0)
+    assert (usage[0].cpu_time, usage[0].ended, usage[0].source) == (2.0, 2, "acct")
+
+
 # --- bad input ---------------------------------------------------------------------------
 
 def test_cgroup_not_a_cgroup_is_one_line_and_the_run_is_stored(data_dir: Path, tmp_path: Path) -> None:
