@@ -306,7 +306,8 @@ def _usage(partitions: list[Partition], processes: list[ProcessSample], kin: lis
         from . import pacct
 
         records, acct_state = pacct.read_ended(settings.data_dir, settings.process_accounting,
-                                               previous.get("acct"), problems)
+                                               previous.get("acct"), problems,
+                                               {p.uid for p in partitions if p.uid is not None})
         if records is not None:
             uids = {p.label: p.uid for p in partitions if p.uid is not None}
     raw = _raw_cpu(partitions, processes, kin, previous) if acct_state is not None else None

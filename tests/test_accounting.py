@@ -423,21 +423,57 @@ def test_accounting_file_truncated_or_not_one(tmp_path: Path) -> None:
     assert pacct.comp_t(0x2001) == 8 and pacct.comp_t(100) == 100
 
 
+def _record(pid: int, elapsed: float = 100.0, uid: int = 1000) -> bytes:
+    """An acct v3 record as the kernel writes it (0.5 + 0.5 s of CPU)."""
+    from slapos_collect_recipe import pacct
+
+    return pacct.RECORD.pack(0, 3, 0, 0, uid, uid, pid, 1, 1_700_000_000, elapsed, 50, 50, 0, 0, 0, 0, 0, 0,
+                             b"job\0".ljust(16, b"\0"))
+
+
 def test_accounting_record_with_an_impossible_elapsed_time_is_not_one() -> None:
     """Bytes that pass for a record but whose elapsed time is not a number, or negative (a file
     written over): skipped as not a record, one line; never a NaN in the figures."""
     from slapos_collect_recipe import pacct
 
-    def record(pid: int, elapsed: float) -> bytes:
-        return pacct.RECORD.pack(0, 3, 0, 0, 1000, 1000, pid, 1, 1_700_000_000, elapsed, 50, 50, 0, 0, 0, 0, 0, 0,
-                                 b"job\0".ljust(16, b"\0"))
-
+    record = _record
     data = record(10, 100.0) + record(11, float("nan")) + record(12, -5.0) + record(13, float("inf")) \
         + record(14, 200.0)
     records, used, problem = pacct.parse(data, "f")
     assert [r.pid for r in records] == [10, 14] and used == len(data)
     assert problem is not None and "not acct v3 records" in problem
     assert records[0].cpu == 1.0 and records[0].elapsed == 1.0
+
+
+def test_a_long_backlog_is_read_a_piece_at_a_time_keeping_the_partitions_records(tmp_path: Path) -> None:
+    """After a long collector gap the file holds a backlog of every user's records (here
+    100,000, 6.4 MB): it is read a piece at a time and only the partitions' users' records
+    are kept, so the run's memory does not grow with the backlog; a record cut by a piece's
+    end is read whole, junk across a piece's end is skipped once."""
+    import tracemalloc
+
+    from slapos_collect_recipe import pacct
+
+    count = 100_000
+    junk_after = 3 * pacct.CHUNK // pacct.SIZE - 2  # from 64 bytes before the third piece's end
+    path = tmp_path / "backlog"
+    with open(path, "wb") as handle:
+        for pid in range(count):
+            handle.write(_record(pid, uid=1000 if pid % 100 == 0 else 2000))
+            if pid == junk_after:
+                handle.write(b"junk" * 40)  # written over, across pieces (not a multiple of 64)
+    size = path.stat().st_size
+    problems: list[str] = []
+    tracemalloc.start()
+    try:
+        got, offset = pacct._read_from(str(path), 0, problems, uids={1000})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [r.pid for r in got] == list(range(0, count, 100)) and offset == size
+    assert len(problems) == 1 and "160 bytes that are not acct v3 records" in problems[0], problems
+    assert size > 6 * pacct.CHUNK and peak < 3 * pacct.CHUNK, (peak, size)  # the piece's size, not the file's
+    assert len(pacct._read_from(str(path), 0, [])[0]) == count  # no filter: every record
 
 
 # --- kernel accounting as root: our file, the node's file, a kill -9 before the commit -------
