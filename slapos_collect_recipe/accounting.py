@@ -17,8 +17,10 @@ in ``collect_state`` under ``usage``. Per partition the CPU of the interval is:
   partition's user appended since the previous run for a process reaped
   outside the partition (its parent at exit is not a live process of the
   partition, nor one reaped inside it): its total minus what the last run had
-  seen of its own time. Children's times are finer than the records (whole
-  1/100 s per process, truncated), so they stay in use where they see.
+  seen of it (raw tick samples minus the raw samples that run read over
+  taskstats, where it did: see ``_tail``). Children's times are finer than the
+  records (whole 1/100 s per process, truncated), so they stay in use where
+  they see.
 - ``cgroup-v2`` / ``cgroup-v1``: the growth of the cgroup's CPU counter.
 - ``live``: growth of each live process's own time only (no children's
   times where /proc is missing).
