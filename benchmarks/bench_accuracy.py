@@ -244,6 +244,9 @@ def _measure(cgroup: str | None) -> int:
     costs: dict[str, list[float]] = {}
     truths: dict[str, float] = {}
     ticks: dict[str, tuple[int, float, int]] = {}
+    # Intervals the accounting collector measured otherwise: kernel accounting is one per machine,
+    # and another root collector may hold it meanwhile.
+    not_acct: dict[str, int] = {}
     try:
         time.sleep(2)
         for kind, _ in WORKLOADS:
@@ -274,6 +277,10 @@ def _measure(cgroup: str | None) -> int:
                                                                           if isinstance(t, OriginalRuns)).runs))
             for tool in tools:
                 shares.setdefault(tool.name, {})[kind] = tool.cpu(USER) / truth
+                if tool.name == "ours, accounting":
+                    others = [row for row in tool.rows(USER)[2:] if row["source"] != "acct"]
+                    if others:
+                        not_acct[kind] = len(others)
                 if isinstance(tool, Collector):
                     costs.setdefault(tool.name, []).extend(tool.runs)
                 elif tool is exporter:
@@ -321,9 +328,13 @@ def _measure(cgroup: str | None) -> int:
                   f"{ticks[kind][2]} times." for kind in ticks),
         "- The daemon is re-parented to a root subreaper that reaps it at once, as supervisord does: children's "
         "times (ours, and apps.plugin's exited-children aggregation) cannot see its end; the accounting "
-        "records' CPU is the kernel's tick samples, which stray on a busy machine (see README, "
-        "\"Partition accounting\").",
+        "records' CPU is the kernel's tick samples, which stray on a busy machine: ours takes the part after "
+        "the last run raw minus the raw samples that run read (taskstats), at the real/raw ratio it saw (see "
+        "README, \"Partition accounting\").",
     ]
+    for kind, count in not_acct.items():
+        notes.append(f"- {kind}: kernel accounting was held by another collector for {count} of ours' intervals: "
+                     "\"ours, accounting\" measured them with children's times; that figure is not accounting's.")
     notes.append("- apps.plugin runs standalone as `apps.plugin 1 without-files` with its stdin held open (it "
                  "stops when netdata's end of the pipe closes); its `users.cpu` lines (`BEGIN users.cpu <usec>`, "
                  "`SET <user> = <percent x 10,000>`) are integrated over the window. process-exporter 0.7 with "

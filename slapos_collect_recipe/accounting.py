@@ -17,8 +17,10 @@ in ``collect_state`` under ``usage``. Per partition the CPU of the interval is:
   partition's user appended since the previous run for a process reaped
   outside the partition (its parent at exit is not a live process of the
   partition, nor one reaped inside it): its total minus what the last run had
-  seen of its own time. Children's times are finer than the records (whole
-  1/100 s per process, truncated), so they stay in use where they see.
+  seen of it (raw tick samples minus the raw samples that run read over
+  taskstats, where it did: see ``_tail``). Children's times are finer than the
+  records (whole 1/100 s per process, truncated), so they stay in use where
+  they see.
 - ``cgroup-v2`` / ``cgroup-v1``: the growth of the cgroup's CPU counter.
 - ``live``: growth of each live process's own time only (no children's
   times where /proc is missing).
@@ -46,9 +48,15 @@ STATE_KEY = "usage"
 _START_SLACK = 1.0
 # Longer than this between two runs is worth a log line (the figures cover the gap).
 _LONG_GAP = 3600.0
+# A record's tail is scaled by the real/raw ratio of its process from this much raw CPU (s);
+# /proc's times are whole 1/100 s, rounded down.
+_RATIO_FROM = 0.5
+_PROC_TICK = 0.01
 
-# Indexes of an entry of ``state["procs"]``: what a run saw of one process.
-_LABEL, _PID, _PPID, _CPU, _CHILD, _IO_B, _IO_OPS, _THREADS = range(8)
+# Indexes of an entry of ``state["procs"]``: what a run saw of one process
+# (``_RAW``: its raw tick-sampled CPU from ``taskstats``, None when not read;
+# entries kept by older versions stop before it).
+_LABEL, _PID, _PPID, _CPU, _CHILD, _IO_B, _IO_OPS, _THREADS, _RAW = range(9)
 
 
 @dataclass
@@ -95,6 +103,7 @@ def compute(
     uids: dict[str, int] | None = None,
     overrides: dict[str, Override] | None = None,
     uptime: float | None = None,
+    raw: dict[str, float] | None = None,
 ) -> tuple[list[PartitionUsage], dict]:
     """Each partition's usage since the previous run, and the state the next run needs.
 
@@ -102,7 +111,9 @@ def compute(
     ``ended_records``, when given, are the accounting records appended since
     the previous run; the partitions named in ``uids`` (label -> uid) take
     their ended processes' CPU from them. ``overrides`` hold what cgroups gave.
-    ``uptime`` is the boot clock at ``now`` (CLOCK_BOOTTIME), to place a record's end."""
+    ``uptime`` is the boot clock at ``now`` (CLOCK_BOOTTIME), to place a record's end.
+    ``raw`` (process key -> raw tick-sampled CPU seconds, see ``raw_wanted``)
+    is kept for the processes that may end outside their partition."""
     labels = [p.label for p in partitions]
     overrides = overrides or {}
     uids = uids or {}
@@ -146,7 +157,7 @@ def compute(
         label = sample.partition
         key = sample.process
         current[key] = [label, sample.pid, ppid, sample.cpu_time, child, sample.io_rw_bytes,
-                        sample.io_ops, sample.num_threads]
+                        sample.io_ops, sample.num_threads, (raw or {}).get(key)]
         count[label] += 1
         rss[label] += sample.memory_rss
         if sample.io_rw_bytes is not None:
@@ -154,6 +165,9 @@ def compute(
         if child is None:
             no_children.add(label)
         before = None if reboot or started_after is None else prev_procs.get(key)
+        if (before is not None and current[key][_RAW] is None and len(before) > _RAW
+                and before[_CPU] == sample.cpu_time):
+            current[key][_RAW] = before[_RAW]  # not read again: it did not run since (see raw_wanted)
         if before is None:
             if started_after is None:
                 continue
@@ -192,10 +206,14 @@ def compute(
             label = prev_procs[key][_LABEL]
             if label in ended:
                 ended[label] += 1
-    elif gone or records:
+        if records:
+            # The previous boot's records (after its last run) are of another boot's interval; this
+            # boot's processes all started since the previous run: counted in full where reaped outside.
+            records = [record for record in records if record.btime >= boot_time - _START_SLACK]
+    if (gone and not reboot) or records:
         for label, sub_cpu, sub_io_b, sub_io_ops, acct_cpu, count_ended in _settle_ended(
-                gone, prev_procs, current, records, uids, set(labels), prev_epoch or now, interval,
-                boot_time, previous.get("uptime") if previous else None):
+                [] if reboot else gone, prev_procs, current, records, uids, set(labels), prev_epoch or now,
+                interval, boot_time, previous.get("uptime") if previous else None):
             children[label] -= sub_cpu
             io_b[label] -= sub_io_b
             io_ops[label] -= sub_io_ops
@@ -238,6 +256,29 @@ def compute(
         ))
     state = {"epoch": now, "boot_time": boot_time, "uptime": uptime, "partitions": labels, "procs": current}
     return usage, state
+
+
+def raw_wanted(samples: list[ProcessSample], kin: list[tuple[int, float | None]], previous: dict | None,
+               labels: Iterable[str]) -> list[int]:
+    """Indexes of the ``samples`` whose raw tick-sampled CPU ``compute`` should
+    keep (``raw``): the processes of the partitions in ``labels`` (those whose
+    ended processes come from accounting records) whose parent is not one of
+    the partition's live processes, so that may be reaped outside it (a
+    daemon, a service of the node's supervisor), except those whose CPU did
+    not move since the previous run read theirs (carried)."""
+    wanted = set(labels)
+    live = {(sample.partition, sample.pid) for sample in samples}
+    prev_procs = (previous or {}).get("procs") or {}
+    found = []
+    for index, (sample, (ppid, _)) in enumerate(zip(samples, kin, strict=True)):
+        if sample.partition not in wanted or (sample.partition, ppid) in live:
+            continue
+        before = prev_procs.get(sample.process)
+        if before is not None and len(before) > _RAW and before[_RAW] is not None \
+                and before[_CPU] == sample.cpu_time:
+            continue
+        found.append(index)
+    return found
 
 
 def _settle_ended(gone: list[str], prev: dict[str, list], current: dict[str, list], records: list[Ended] | None,
@@ -342,10 +383,23 @@ def _tail(record: Ended, entry: list, started: float, prev_uptime: float | None)
     The record's times are the kernel's tick samples (where the kernel counts
     CPU time by ticks, CONFIG_TICK_CPU_ACCOUNTING), which on a busy machine
     stray from the process's real run time (what /proc shows) by several
-    percent of its whole life, all of which lands in this tail. So the tail
-    is never more than the time it still lived times its threads
-    (``started`` and the uptimes are on the boot clock)."""
-    raw = max(record.cpu - entry[_CPU], 0.0)
+    percent of its whole life, up to a quarter when short tasks share its
+    core. Where the last run read the same raw samples (``taskstats``), the
+    tail is raw minus raw (the ticks after that run only), taken at the ratio
+    of real to raw time that run saw for this very process when it ran less
+    than its ticks said (never scaled up; the /proc figure rounded up, so only
+    the stray surely seen is removed; from half a second of raw time, where
+    the rounding moves that ratio by under 2 %). Otherwise (record minus
+    /proc's time) the whole life's stray lands in the tail. Either way it is
+    never more than the time it still lived times its threads (``started``
+    and the uptimes are on the boot clock)."""
+    seen_raw = entry[_RAW] if len(entry) > _RAW else None
+    if seen_raw is None:
+        raw = max(record.cpu - entry[_CPU], 0.0)
+    else:
+        raw = max(record.cpu - seen_raw, 0.0)
+        if seen_raw >= _RATIO_FROM:
+            raw *= min((entry[_CPU] + _PROC_TICK) / seen_raw, 1.0)
     if prev_uptime is None or record.elapsed <= 0:
         return raw
     lived = max(started + record.elapsed - prev_uptime, 0.0)

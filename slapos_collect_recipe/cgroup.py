@@ -12,6 +12,7 @@ directory or in the blkio hierarchy beside it). Other samplers (memory) use
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 V1_ROOT = "/sys/fs/cgroup"
@@ -30,11 +31,40 @@ def read_cgroup_file(directory: str, name: str) -> str:
         raise CgroupError(f"cgroup {directory}: cannot read {name}: {exc.strerror or exc}") from None
 
 
+CGROUP_FILESYSTEMS = ("cgroup2", "cgroup")
+_OCTAL = re.compile(r"\\([0-7]{3})")  # mountinfo's escapes of space, tab, newline, backslash
+
+
+def filesystem(directory: str, mountinfo: str = "/proc/self/mountinfo") -> str | None:
+    """The type of the filesystem ``directory`` lies on (its longest mount point
+    in ``mountinfo``), or None when that cannot be read."""
+    real = os.path.realpath(directory)
+    best, kind = "", None
+    try:
+        with open(mountinfo, encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                fields = line.split()
+                if " - " not in line or len(fields) < 5:
+                    continue
+                # Mount point (field 5), octal escapes for spaces and the like; type after " - ".
+                point = _OCTAL.sub(lambda match: chr(int(match.group(1), 8)), fields[4])
+                inside = real == point or real.startswith(point.rstrip("/") + "/")
+                if inside and len(point) >= len(best):
+                    best, kind = point, line.split(" - ", 1)[1].split()[0]
+    except OSError:
+        return None
+    return kind
+
+
 def check_cgroup(directory: str) -> str:
     """``cgroup-v2`` or ``cgroup-v1`` for a cgroup directory; CgroupError for
-    anything else (missing, not a directory, not a cgroup, unreadable)."""
+    anything else (missing, not a directory, not on a cgroup filesystem, not a
+    cgroup, unreadable)."""
     if not os.path.isdir(directory):
         raise CgroupError(f"cgroup {directory}: no such directory")
+    kind = filesystem(directory)
+    if kind is not None and kind not in CGROUP_FILESYSTEMS:
+        raise CgroupError(f"{directory} is not a cgroup (its filesystem is {kind})")
     if os.path.exists(os.path.join(directory, "cgroup.controllers")):
         if "usage_usec" not in parse_keyed(read_cgroup_file(directory, "cpu.stat")):
             raise CgroupError(f"cgroup {directory}: cpu.stat has no usage_usec")

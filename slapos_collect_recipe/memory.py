@@ -73,11 +73,42 @@ def _memory_dir(path: str) -> str | None:
     return sibling if os.path.exists(os.path.join(sibling, "memory.usage_in_bytes")) else None
 
 
-def cgroup_memory(path: str) -> Figure | None:
+def _in_v1_memory_cgroup(directory: str, pids: Iterable[int], proc_root: str = "/proc") -> bool:
+    """Whether one of ``pids`` lives in the v1 memory cgroup ``directory`` (or below it),
+    by its ``/proc/<pid>/cgroup`` line of the memory controller."""
+    relative = "/" + os.path.relpath(os.path.realpath(directory),
+                                     os.path.realpath(os.path.join(cgroup.V1_ROOT, "memory")))
+    for pid in pids:
+        try:
+            with open(f"{proc_root}/{pid}/cgroup", encoding="utf-8", errors="replace") as handle:
+                lines = handle.read().splitlines()
+        except OSError:
+            continue  # gone, or unreadable: ask the next one
+        for line in lines:
+            fields = line.split(":", 2)  # hierarchy-ID:controllers:path
+            if len(fields) == 3 and "memory" in fields[1].split(","):
+                return fields[2] == relative or fields[2].startswith(relative.rstrip("/") + "/")
+    return False
+
+
+def _on_cgroup_fs(path: str) -> bool:
+    kind = cgroup.filesystem(path)
+    return kind is None or kind in cgroup.CGROUP_FILESYSTEMS
+
+
+def cgroup_memory(path: str, pids: Iterable[int] | None = None) -> Figure | None:
     """The working set of the cgroup at ``path``, or None when it has no
-    memory controller (or cannot be read: the CPU sampler reports that)."""
+    memory controller (or cannot be read: the CPU sampler reports that).
+
+    In the hybrid layout (``path`` in the unified hierarchy, memory a v1
+    controller) the v1 cgroup of the same path is read only when one of the
+    partition's processes ``pids`` is in it: a cgroup that merely has the same
+    name holds some other processes' memory."""
     directory = _memory_dir(path)
     if directory is None:
+        return None
+    if directory != path and not _in_v1_memory_cgroup(directory, pids or ()):
+        log.debug("cgroup %s: %s holds none of the partition's processes: not its memory", path, directory)
         return None
     v2 = os.path.exists(os.path.join(directory, "memory.current"))
     try:
@@ -173,7 +204,7 @@ def fill(
     for entry in usage:
         members = by_label.get(entry.partition, [])
         path = cgroups.get(entry.partition)
-        figure = cgroup_memory(path) if path else None
+        figure = cgroup_memory(path, [p.pid for p in members]) if path and _on_cgroup_fs(path) else None
         if figure is not None:
             entry.memory_used, entry.memory_source = figure.used, figure.source
             continue

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import re
 import struct
@@ -42,6 +43,7 @@ NODE_FILES = ("/var/log/account/pacct", "/var/account/pacct", "/var/log/pacct")
 REGISTRY = "/run/slapos-collect.pacct"
 OWN_NAME = "pacct"
 ROTATE_BYTES = 4 * 1024 * 1024  # 65,536 records
+CHUNK = 1 << 20  # bytes read at a time (a multiple of SIZE)
 _OWN_RE = re.compile(r"^pacct\.(\d+)$")
 # A record whose start lies outside these years is not one (resynchronising after garbage).
 _BTIME_MIN, _BTIME_MAX = 946684800, 4102444800  # 2000 .. 2100
@@ -55,19 +57,36 @@ def comp_t(value: int) -> int:
 _VERSIONS = (ACCT_VERSION, ACCT_VERSION | 0x80)  # 0x80: written by a big-endian kernel
 
 
+_ETIME = struct.Struct("=f")  # ac_etime, at offset 28
+
+
 def _valid(data: bytes | memoryview, at: int) -> bool:
     """Whether the 64 bytes at ``at`` look like an acct v3 record: its version,
-    known flag bits only, a NUL-terminated command name, a plausible start."""
+    known flag bits only, a NUL-terminated command name, a plausible start, an
+    elapsed time that is a number of at least 0."""
     return (data[at + 1] in _VERSIONS and not data[at] & 0xE0 and data[at + 63] == 0
-            and _BTIME_MIN <= int.from_bytes(data[at + 24:at + 28], sys.byteorder) <= _BTIME_MAX)
+            and _BTIME_MIN <= int.from_bytes(data[at + 24:at + 28], sys.byteorder) <= _BTIME_MAX
+            and 0.0 <= _ETIME.unpack_from(data, at + 28)[0] < math.inf)
 
 
-def parse(data: bytes, where: str) -> tuple[list[Ended], int, str | None]:
+def parse(data: bytes, where: str, uids: set[int] | None = None) -> tuple[list[Ended], int, str | None]:
     """Records of ``data`` (read from ``where`` at a record boundary): the
-    records, the bytes consumed (whole records; a record cut at the end is left
-    for later) and a problem line when garbage was skipped."""
+    records (of the users ``uids`` only, when given), the bytes consumed (whole
+    records; a record cut at the end is left for later) and a problem line when
+    garbage was skipped."""
+    records, used, skipped = _parse(data, uids)
+    return records, used, _garbage(where, skipped) if skipped else None
+
+
+def _garbage(where: str, skipped: int) -> str:
+    return (f"accounting file {where}: {skipped} bytes that are not acct v3 records skipped "
+            "(not an accounting file, or written over?)")
+
+
+def _parse(data: bytes, uids: set[int] | None) -> tuple[list[Ended], int, int]:
+    """``parse``'s records and bytes consumed, and the count of bytes skipped as garbage."""
     records: list[Ended] = []
-    problem = None
+    skipped = 0
     at, end = 0, len(data) - len(data) % SIZE
     view = memoryview(data)
     while at < end:
@@ -76,22 +95,31 @@ def parse(data: bytes, where: str) -> tuple[list[Ended], int, str | None]:
             at += 1
             while at + SIZE <= len(data) and not _valid(view, at):
                 at += 1
-            problem = (f"accounting file {where}: {at - start} bytes that are not acct v3 records "
-                       "skipped (not an accounting file, or written over?)")
+            skipped += at - start
             end = at + (len(data) - at) // SIZE * SIZE
             continue
         for fields in RECORD.iter_unpack(view[at:end]):
-            if fields[1] not in _VERSIONS or fields[0] & 0xE0 or fields[18][15]:
+            if fields[1] not in _VERSIONS or fields[0] & 0xE0 or fields[18][15] or not 0.0 <= fields[9] < math.inf:
                 break
+            at += SIZE
+            if uids is not None and fields[4] not in uids:
+                continue
             # ac_uid, ac_pid, ac_btime, ac_etime, ac_utime, ac_stime
             records.append(Ended(uid=fields[4], pid=fields[6], ppid=fields[7], btime=float(fields[8]),
                                  cpu=(comp_t(fields[10]) + comp_t(fields[11])) / AHZ, elapsed=fields[9] / AHZ))
-            at += SIZE
-    return records, at, problem
+    view.release()
+    return records, at, skipped
 
 
-def _read_from(path: str, offset: int, problems: list[str]) -> tuple[list[Ended], int]:
-    """Records of ``path`` from ``offset``; the new offset (just after the last whole record)."""
+def _read_from(path: str, offset: int, problems: list[str],
+               uids: set[int] | None = None) -> tuple[list[Ended], int]:
+    """Records of ``path`` from ``offset`` (of the users ``uids`` only, when
+    given); the new offset (just after the last whole record). Read a piece
+    (``CHUNK``) at a time: a backlog (a collector that did not run for days) is
+    never held whole."""
+    records: list[Ended] = []
+    skipped = 0
+    pending = b""
     try:
         with open(path, "rb") as handle:
             size = os.fstat(handle.fileno()).st_size
@@ -100,19 +128,26 @@ def _read_from(path: str, offset: int, problems: list[str]) -> tuple[list[Ended]
                          "read from its start", path)
                 offset = 0
             handle.seek(offset)
-            data = handle.read()
+            while chunk := handle.read(CHUNK):
+                data = pending + chunk if pending else chunk
+                del chunk
+                got, used, garbage = _parse(data, uids)
+                records.extend(got)
+                skipped += garbage
+                offset += used
+                pending = data[used:]
+                del data
     except OSError as exc:
         problems.append(f"cannot read accounting file {path}: {exc.strerror or exc}")
-        return [], offset
-    records, used, problem = parse(data, path)
-    if problem:
-        problems.append(problem)
-    if used < len(data):
+        return records, offset
+    if skipped:
+        problems.append(_garbage(path, skipped))
+    if pending:
         # The kernel appends whole records to a file of whole records (64 divides a page):
         # a cut record means the file was truncated or written by something else.
-        problems.append(f"accounting file {path} ends in the middle of a record ({len(data) - used} bytes "
+        problems.append(f"accounting file {path} ends in the middle of a record ({len(pending)} bytes "
                         "left): read up to the last whole record")
-    return records, offset + used
+    return records, offset
 
 
 def acct(path: str | None) -> None:
@@ -203,11 +238,12 @@ def _inode(path: str) -> int | None:
         return None
 
 
-def read_ended(data_dir: Path, mode: str, previous: dict | None,
-               problems: list[str]) -> tuple[list[Ended] | None, dict | None]:
-    """Accounting records of the processes that ended since the previous run,
-    or None when accounting does not cover the whole interval (not root, off,
-    just switched on, taken over); and the state the next run resumes from.
+def read_ended(data_dir: Path, mode: str, previous: dict | None, problems: list[str],
+               uids: set[int] | None = None) -> tuple[list[Ended] | None, dict | None]:
+    """Accounting records of the processes that ended since the previous run
+    (of the users ``uids`` only, when given), or None when accounting does not
+    cover the whole interval (not root, off, just switched on, taken over); and
+    the state the next run resumes from.
 
     ``mode`` is ``auto`` (on when root), ``yes`` or ``no``."""
     if mode == "no" or os.geteuid() != 0:
@@ -233,7 +269,7 @@ def read_ended(data_dir: Path, mode: str, previous: dict | None,
         candidates.append(other)
     active = probe(candidates)
     if active is not None and active not in own.values():
-        return _node_file(active, previous, problems)
+        return _node_file(active, previous, problems, uids)
     if active is None:
         number = max(own, default=-1) + 1
         path = str(data_dir / f"{OWN_NAME}.{number}")
@@ -269,16 +305,21 @@ def read_ended(data_dir: Path, mode: str, previous: dict | None,
     offset = previous.get("offset", 0)
     for n in [n for n in numbers if prev_n <= n <= current]:
         path = str(data_dir / f"{OWN_NAME}.{n}")
-        got, end = _read_from(path, offset if n == prev_n else 0, problems)
+        got, end = _read_from(path, offset if n == prev_n else 0, problems, uids)
         records.extend(got)
         last, offset = path, end
     return records, {"own": True, "file": last, "ino": _inode(last), "offset": offset}
 
 
-def _node_file(path: str, previous: dict, problems: list[str]) -> tuple[list[Ended] | None, dict]:
+def _node_file(path: str, previous: dict, problems: list[str],
+               uids: set[int] | None) -> tuple[list[Ended] | None, dict]:
     """Read the node's accounting file (never written nor truncated here),
     following a rotation (the old inode renamed to ``path.0``)."""
     ino = _inode(path)
+    if not previous.get("own") and previous.get("file") != path:
+        followed = _follow_rotation(previous, path, problems, uids)
+        if followed is not None:
+            return followed
     if previous.get("own") or previous.get("file") != path:
         # Just found (or taken over from us): count from the next run.
         if previous.get("own"):
@@ -289,13 +330,40 @@ def _node_file(path: str, previous: dict, problems: list[str]) -> tuple[list[End
     if previous.get("ino") != ino:
         rotated = path + ".0"
         if _inode(rotated) == previous.get("ino"):
-            records, _ = _read_from(rotated, offset, problems)
+            records, _ = _read_from(rotated, offset, problems, uids)
         else:
             log.info("accounting file %s was replaced: the records written in between are not read", path)
         offset = 0
-    got, offset = _read_from(path, offset, problems)
+    got, offset = _read_from(path, offset, problems, uids)
     records.extend(got)
     return records, {"own": False, "file": path, "ino": ino, "offset": offset}
+
+
+def _follow_rotation(previous: dict, path: str, problems: list[str],
+                     uids: set[int] | None) -> tuple[list[Ended], dict] | None:
+    """Another collector's file (``pacct.<n>`` of its data dir, registered) rotated
+    to ``pacct.<m>`` beside it since the previous run: the rest of the old one,
+    any in between, then the new one from its start (it was switched on after
+    the previous run, which found the old one active). None when ``path`` is
+    not such a successor."""
+    old = previous.get("file") or ""
+    was, now = _OWN_RE.match(os.path.basename(old)), _OWN_RE.match(os.path.basename(path))
+    if not (was and now and os.path.dirname(old) == os.path.dirname(path)
+            and int(now.group(1)) > int(was.group(1))):
+        return None
+    records: list[Ended] = []
+    if _inode(old) == previous.get("ino"):
+        records, _ = _read_from(old, previous.get("offset", 0), problems, uids)
+    else:
+        log.info("accounting file %s was removed before its last records were read here", old)
+    for number in range(int(was.group(1)) + 1, int(now.group(1))):
+        between = os.path.join(os.path.dirname(path), f"{OWN_NAME}.{number}")
+        if os.path.exists(between):
+            records.extend(_read_from(between, 0, problems, uids)[0])
+    got, offset = _read_from(path, 0, problems, uids)
+    records.extend(got)
+    log.info("process accounting went on from %s to %s (rotated by another collector): followed", old, path)
+    return records, {"own": False, "file": path, "ino": _inode(path), "offset": offset}
 
 
 def _switch_off_own(data_dir: Path) -> None:

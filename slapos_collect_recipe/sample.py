@@ -314,16 +314,42 @@ def _usage(partitions: list[Partition], processes: list[ProcessSample], kin: lis
         from . import pacct
 
         records, acct_state = pacct.read_ended(settings.data_dir, settings.process_accounting,
-                                               previous.get("acct"), problems)
+                                               previous.get("acct"), problems,
+                                               {p.uid for p in partitions if p.uid is not None})
         if records is not None:
             uids = {p.label: p.uid for p in partitions if p.uid is not None}
+    raw = _raw_cpu(partitions, processes, kin, previous) if acct_state is not None else None
     usage, state = accounting.compute(partitions, processes, kin, previous or None, now, boot_time, ncpu,
-                                      ended_records=records, uids=uids, overrides=overrides, uptime=uptime)
+                                      ended_records=records, uids=uids, overrides=overrides, uptime=uptime,
+                                      raw=raw)
     if cgroup_state:
         state["cgroups"] = cgroup_state
     if acct_state:
         state["acct"] = acct_state
     return usage, state, problems
+
+
+def _raw_cpu(partitions: list[Partition], processes: list[ProcessSample], kin: list[tuple[int, float | None]],
+             previous: dict) -> dict[str, float] | None:
+    """Raw tick-sampled CPU (``taskstats``) of the processes that may end outside
+    their partition, where accounting records count those ends."""
+    wanted = accounting.raw_wanted(processes, kin, previous, [p.label for p in partitions if p.uid is not None])
+    if not wanted:
+        return None
+    from . import taskstats
+
+    reader = taskstats.open_taskstats()
+    if reader is None:
+        return None
+    raw = {}
+    try:
+        for index in wanted:
+            value = reader.raw_cpu(processes[index].pid)
+            if value is not None:
+                raw[processes[index].process] = value
+    finally:
+        reader.close()
+    return raw
 
 
 def take(partitions: list[Partition], previous_state: dict | None, previous_cpu: dict[str, float],

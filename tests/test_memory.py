@@ -318,6 +318,21 @@ def test_hybrid_layout_reads_the_v1_memory_cgroup(users: dict, workloads: list[W
     assert load.mb * MB * 0.95 <= figure["used"] <= load.mb * MB + SLACK
 
 
+@needs_root
+def test_hybrid_layout_twin_without_the_partitions_processes_is_not_read(users: dict, workloads: list[Workload],
+                                                                         new_cgroup) -> None:
+    """The same path exists in the v1 memory hierarchy, but the partition's processes are not in it
+    (another cgroup that happens to have that name): its figure is not the partition's, the PSS sum is."""
+    unified = new_cgroup(UNIFIED)
+    if (unified / "memory.current").exists():
+        pytest.skip("the memory controller is in the unified hierarchy here: not the hybrid layout")
+    new_cgroup(V1_MEMORY)  # the twin: empty
+    load = spawn(workloads, 128, 8, unified)
+    figure, _ = measure(OWNER, cgroup=unified)
+    assert figure["source"] == "pss", figure
+    assert load.mb * MB * 0.95 <= figure["used"] <= load.mb * MB + SLACK
+
+
 def _samples(pids: list[int], label: str = OWNER) -> list[ProcessSample]:
     from slapos_collect_recipe import sample
 
@@ -427,6 +442,18 @@ def test_cgroup_files_on_a_fixture_tree(tmp_path: Path) -> None:
     assert memory.cgroup_memory(str(v1)) == memory.Figure(800000, "cgroup-v1")
     assert memory.cgroup_memory(str(bare)) is None
     assert memory.cgroup_memory(str(tmp_path / "gone")) is None
+
+
+def test_memory_files_outside_a_cgroup_filesystem_are_not_read(tmp_path: Path) -> None:
+    """A directory holding copies of a cgroup's memory files is not the partition's cgroup: its
+    processes' PSS is the figure, never the copy's numbers."""
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "memory.current").write_text("999999999\n")
+    (fake / "memory.stat").write_text("inactive_file 0\n")
+    usage = _usage([])
+    memory.fill(usage, [], {OWNER: str(fake)}, None, time.time(), 0)
+    assert (usage[0].memory_used, usage[0].memory_source) == (0, "pss")
 
 
 def _usage_rows(db: Path) -> list[sqlite3.Row]:
