@@ -136,8 +136,10 @@ TARGETS = {
     ("build", "cgroup-v1"): (0.995, 1.01), ("daemon", "cgroup-v1"): (0.99, 1.01),
     # Accounting catches its end; the record's CPU is the kernel's tick samples (this kernel counts
     # CPU by ticks), which stray from the real run time on a busy machine: the part after the last
-    # run is taken raw minus raw at the ratio that run saw (measured: 98.3-100 %, without: 100.5-102 %).
-    ("daemon", "acct"): (0.95, 1.01),
+    # run is taken raw minus raw at the ratio that run saw (measured: 98.3-100 % on a quiet machine,
+    # 96.6-101.4 % under heavy contention; without: 100.5-102 % and 113-130 %). An estimate, so this
+    # test allows 3 % over (a double count would be 200 %); benchmarks/bench_accuracy.py holds the 101 %.
+    ("daemon", "acct"): (0.95, 1.03),
 }
 
 
