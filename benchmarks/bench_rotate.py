@@ -248,9 +248,12 @@ def main() -> int:
             folder = fresh(who)
             print(f"round {round_ + 1}: {who}...", flush=True)
             if who == "original":
-                # It dumps every table by date: drop our key-value table from its copy.
+                # It dumps every table by date: drop ours that have no date (the run state,
+                # the partition counters) from its copy.
                 db = sqlite3.connect(folder / "collector.db")
-                db.execute("DROP TABLE collect_state")
+                for (table,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+                    if "date" not in [column[1] for column in db.execute(f'PRAGMA table_info("{table}")')]:
+                        db.execute(f'DROP TABLE "{table}"')
                 db.commit()
                 db.close()
                 measured = run_child([str(python), "-c", ORIGINAL_DUMP, str(folder)], cwd=work)
