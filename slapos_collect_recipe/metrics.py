@@ -107,8 +107,9 @@ def partition_counters(store: Store, latest: dict[str, sqlite3.Row]) -> dict[str
 
 
 def latest_usage(store: Store) -> tuple[tuple[str, str] | None, dict[str, sqlite3.Row]]:
-    """The stamp of the latest run in ``partition_usage`` and its rows by partition."""
-    stamp = store.latest_stamp("partition_usage")
+    """The stamp of the latest run in ``partition_usage`` and its rows by partition
+    (none in a store of an older version, not yet upgraded by the collector)."""
+    stamp = store.latest_stamp("partition_usage") if store.has_table("partition_usage") else None
     return stamp, {row["partition"]: row for row in store.rows_at("partition_usage", *stamp)} if stamp else {}
 
 

@@ -401,8 +401,17 @@ class Store:
         )
         return count
 
+    def has_table(self, table: str) -> bool:
+        """Whether the store has ``table``: a store of an older version opened read-only
+        (the server, before the collector upgraded it) lacks the newer ones."""
+        return self.db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone() is not None
+
     def partition_counters(self) -> dict[str, sqlite3.Row]:
-        """``partition -> Row`` of the running sums (``COUNTERS``) since the store began."""
+        """``partition -> Row`` of the running sums (``COUNTERS``) since the store began
+        (none in a store of an older version)."""
+        if not self.has_table("partition_counters"):
+            return {}
         cursor = self.db.cursor()
         cursor.row_factory = sqlite3.Row
         return {row["partition"]: row for row in cursor.execute(
@@ -522,7 +531,7 @@ class Store:
 
     def latest_temperatures(self) -> list[tuple[str, float, int]]:
         """``(sensor_id, temperature, alarm)`` of the latest run that stored temperatures."""
-        stamp = self.latest_stamp("temperature")
+        stamp = self.latest_stamp("temperature") if self.has_table("temperature") else None
         if stamp is None:
             return []
         return self.db.execute(

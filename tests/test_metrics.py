@@ -281,3 +281,27 @@ def test_slapmonitor_connections_read_when_scraped():
     assert samples[("slapmonitor_connections_dropped_total", (("reason", "full"),))] == 9
     assert samples[("slapmonitor_per_address_cap_hits_total", ())] == 7
     assert samples[("slapmonitor_descriptor_shortages_total", ())] == 1
+
+
+def test_a_store_of_before_partition_usage_still_scraped(data_dir):
+    """The server opens the store read-only and may do so before the collector
+    upgraded it: without partition_usage, partition_counters and temperature, the
+    scrape still has the benchmarks and the dashboard's table is empty (not a 503)."""
+    import sqlite3
+
+    with Store(data_dir / metrics.DB_NAME) as store:
+        store.insert("benchmark", [("cpu_sha256", 1.5, "s")], DAY, "08:00:00")
+        store.insert("folder", [("slappart0", 2048)], DAY, "08:00:00")
+    db = sqlite3.connect(data_dir / metrics.DB_NAME)
+    for table in ("partition_usage", "partition_counters", "temperature", "heating"):
+        db.execute(f'DROP TABLE "{table}"')
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    s = scrape(data_dir)
+    assert s["slapos_benchmark_value"] == {(("name", "cpu_sha256"), ("unit", "s")): 1.5}
+    assert s["slapos_partition_folder_bytes"] == {(("partition", "slappart0"),): 2048 * 1024}
+    store = metrics.open_store(data_dir)
+    with store:
+        assert metrics.current_partitions(store)["partitions"] == [
+            {"partition": "slappart0", "folder_bytes": 2048 * 1024}]
