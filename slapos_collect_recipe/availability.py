@@ -40,6 +40,7 @@ from pathlib import Path
 
 from .atomic import write_atomic
 from .errors import CollectError
+from .settings import Setting, add_flags, integer, iso_day, resolve
 
 FORMAT = "slapos-collect-availability/1"
 DEFAULT_PATTERN = r"computer_id=(COMP-[A-Za-z0-9_.-]+)"
@@ -81,43 +82,46 @@ class FileStats:
     error: str | None = None
 
 
+OUTPUT = Setting("output", default="-", flag=("-o", "--output"), metavar="FILE",
+                 help="write the JSON there (atomically) instead of stdout")
+SINCE = Setting("since", iso_day, flag="--since", metavar="DAY", help="first UTC day (YYYY-MM-DD) of the period")
+UNTIL = Setting("until", iso_day, flag="--until", metavar="DAY", help="last UTC day (YYYY-MM-DD) of the period, included")
+GAP = Setting("gap", integer(MIN_GAP, unit="seconds", low_reason="minute resolution"), DEFAULT_GAP, flag="--gap",
+              metavar="SECONDS",
+              help=f"a silence longer than this is an outage (default {DEFAULT_GAP}, at least {MIN_GAP})")
+CSV_DIR = Setting("csv", flag="--csv", metavar="DIR",
+                  help="also write one CSV per computer (hourly availability, for dygraph) into DIR")
+PATTERN = Setting("pattern", default=DEFAULT_PATTERN, flag="--pattern", metavar="REGEX",
+                  help="regular expression whose group 1 (or whole match) is the computer id "
+                       f"(default {DEFAULT_PATTERN!r})")
+SETTINGS = (OUTPUT, SINCE, UNTIL, GAP, CSV_DIR, PATTERN)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("logs", nargs="+", metavar="LOG",
                         help="access logs (combined or common format, plain or gzip), in any order")
-    parser.add_argument("-o", "--output", metavar="FILE", default="-",
-                        help="write the JSON there (atomically) instead of stdout")
-    parser.add_argument("--since", metavar="DAY", help="first UTC day (YYYY-MM-DD) of the period")
-    parser.add_argument("--until", metavar="DAY", help="last UTC day (YYYY-MM-DD) of the period, included")
-    parser.add_argument("--gap", metavar="SECONDS", type=int, default=DEFAULT_GAP,
-                        help=f"a silence longer than this is an outage (default {DEFAULT_GAP}, at least {MIN_GAP})")
-    parser.add_argument("--csv", metavar="DIR",
-                        help="also write one CSV per computer (hourly availability, for dygraph) into DIR")
-    parser.add_argument("--pattern", metavar="REGEX", default=DEFAULT_PATTERN,
-                        help="regular expression whose group 1 (or whole match) is the computer id "
-                             f"(default {DEFAULT_PATTERN!r})")
+    add_flags(parser, SETTINGS)
 
 
 def run(args: argparse.Namespace) -> int:
-    since = _parse_day(args.since, "--since")
-    until = _parse_day(args.until, "--until")
+    got = resolve(SETTINGS, args)
+    since, until, gap, pattern = got[SINCE.key], got[UNTIL.key], got[GAP.key], got[PATTERN.key]
     if since is not None and until is not None and until < since:
         raise CollectError(f"--until {args.until} is before --since {args.since}")
     if since is not None and until is not None and until - since + 1 > MAX_DAYS:
         raise CollectError(f"--since {args.since} --until {args.until} is more than {MAX_DAYS} days")
-    if args.gap < MIN_GAP:
-        raise CollectError(f"--gap must be at least {MIN_GAP} seconds (minute resolution), not {args.gap}")
-    output = None if args.output == "-" else Path(args.output)
+    output = None if got[OUTPUT.key] == "-" else Path(got[OUTPUT.key])
     if output is not None and not output.parent.is_dir():
         raise CollectError(f"output directory {output.parent} does not exist")
     if output is not None and output.is_dir():
         raise CollectError(f"output {output} is a directory")
-    csv_dir = Path(args.csv) if args.csv else None
+    csv_dir = Path(got[CSV_DIR.key]) if got[CSV_DIR.key] else None
     if csv_dir is not None and csv_dir.exists() and not csv_dir.is_dir():
         raise CollectError(f"CSV directory {csv_dir} is not a directory")
     if csv_dir is not None and not csv_dir.is_dir() and not csv_dir.parent.is_dir():
         raise CollectError(f"CSV directory {csv_dir}: parent directory {csv_dir.parent} does not exist")
 
-    analyser = Analyser(args.pattern, since=since, until=until)
+    analyser = Analyser(pattern, since=since, until=until)
     progress = Progress(args.logs) if sys.stderr.isatty() else None
     stats = []
     for path in args.logs:
@@ -137,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"slapos-collect availability: warning: {st.path}: {st.unparsable} of {st.lines} lines "
                   "could not be parsed (skipped)", file=sys.stderr)
 
-    document = analyser.report(stats, gap=args.gap, pattern=args.pattern)
+    document = analyser.report(stats, gap=gap, pattern=pattern)
     text = json.dumps(document, indent=1, sort_keys=False) + "\n"
     if output is None:
         sys.stdout.write(text)
@@ -146,22 +150,9 @@ def run(args: argparse.Namespace) -> int:
     if csv_dir is not None:
         if not csv_dir.is_dir():
             csv_dir.mkdir()
-        for name, content in analyser.hourly_csvs(gap=args.gap):
+        for name, content in analyser.hourly_csvs(gap=gap):
             write_atomic(csv_dir / name, content)
     return 1 if any(st.error for st in stats) else 0
-
-
-def _parse_day(value: str | None, flag: str) -> int | None:
-    """A YYYY-MM-DD day as a day number since the epoch."""
-    if value is None:
-        return None
-    try:
-        day = dt.date.fromisoformat(value)
-    except ValueError:
-        raise CollectError(f"{flag} must be a day as YYYY-MM-DD, not {value!r}") from None
-    if len(value) != 10:
-        raise CollectError(f"{flag} must be a day as YYYY-MM-DD, not {value!r}")
-    return (day - dt.date(1970, 1, 1)).days
 
 
 def compile_pattern(pattern: str) -> tuple[re.Pattern, re.Pattern]:

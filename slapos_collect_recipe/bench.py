@@ -22,7 +22,6 @@ reference); ``benchmark_status.json`` says which figures fell below
 from __future__ import annotations
 
 import argparse
-import configparser
 import http.client
 import json
 import logging
@@ -38,14 +37,16 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from datetime import date as Date
 from pathlib import Path
+from typing import Any
 
 from . import config, lock, pystone, realtime
 from .atomic import write_atomic
 from .errors import CollectError
+from .settings import Kind, Setting, add_flags, boolean, integer, number, parse, resolve, text
 from .store import BACKGROUND_TIMEOUT, DB_NAME, Store, bench_workload
 
 log = logging.getLogger("slapos_collect")
@@ -120,148 +121,113 @@ class BenchSettings:
     as_json: bool = False
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    config.add_common_arguments(parser)
-    parser.add_argument("what", choices=(*KINDS, "all"),
-                        help="which benchmark; all = cpu, sqlite, and net when a peer is configured")
-    parser.add_argument("--peer", metavar="URL",
-                        help="a peer slapmonitor's secret base URL, http(s)://HOST:PORT/SECRET/")
-    parser.add_argument("--peer-ca", metavar="FILE",
-                        help="trust this CA or self-signed certificate for an https peer")
-    parser.add_argument("--peer-insecure", action="store_true",
-                        help="do not verify an https peer's certificate")
-    parser.add_argument("--repeat", type=int, metavar="N",
-                        help="runs per figure; the median is kept (default 5 for cpu and sqlite, 3 for net)")
-    parser.add_argument("--timeout", type=float, metavar="SECONDS",
-                        help=f"stop and store nothing after this long (default {DEFAULT_TIMEOUT:g})")
-    parser.add_argument("--lock-wait", type=float, metavar="SECONDS",
-                        help=f"wait this long for a running collection to end (default {DEFAULT_LOCK_WAIT:g})")
-    parser.add_argument("--json", action="store_true", dest="as_json",
-                        help="print this run's figures and the status as JSON on stdout")
+def _bench(key: str, kind: Kind = text, default: Any = None, **declared: Any) -> Setting:
+    """A setting of the ``[bench]`` section."""
+    return Setting(key, kind, default, sections=(SECTION,), **declared)
 
 
-def _get_float(cp: configparser.ConfigParser, key: str, default: float, low: float, high: float | None = None) -> float:
-    raw = cp.get(SECTION, key, fallback="").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise CollectError(f"[{SECTION}] {key} must be a number, not {raw!r}") from None
-    _check_range(f"[{SECTION}] {key}", value, low, high)
-    return value
-
-
-def _check_range(what: str, value: float, low: float, high: float | None = None) -> None:
-    if value != value or value < low or (high is not None and value > high):
-        bound = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
-        raise CollectError(f"{what} must be {bound}, not {value:g}")
-
-
-def _net_bytes(cp: configparser.ConfigParser) -> int:
-    value = config.get_int(cp, SECTION, "net-bytes", DEFAULT_NET_BYTES, minimum=1000)
-    if value > MAX_NET_BYTES:
-        raise CollectError(f"[{SECTION}] net-bytes must be at most {MAX_NET_BYTES} (the slapmonitor's cap)")
-    return value
-
-
-def parse_peer(url: str) -> Peer:
-    """Check a peer's secret base URL; errors never repeat the secret."""
+def _peer(url: str) -> Peer:
+    """A peer's secret base URL; errors never repeat the secret."""
     example = "e.g. https://[2001:db8::1]:9443/SECRET/"
     try:
         parts = urllib.parse.urlsplit(url.strip())
         port = parts.port
         host = parts.hostname
     except ValueError as exc:
-        raise CollectError(f"--peer is not a valid URL ({exc}); {example}") from None
+        raise ValueError(f"is not a valid URL ({exc}); {example}") from None
     if parts.scheme not in ("http", "https"):
-        raise CollectError(f"--peer must be an http:// or https:// URL, {example}")
+        raise ValueError(f"must be an http:// or https:// URL, {example}")
     if not host:
-        raise CollectError(f"--peer has no host; {example}")
+        raise ValueError(f"has no host; {example}")
     if parts.query or parts.fragment:
-        raise CollectError(f"--peer must not have a query or fragment; {example}")
+        raise ValueError(f"must not have a query or fragment; {example}")
     segments = [s for s in parts.path.split("/") if s]
     if len(segments) != 1:
-        raise CollectError(f"--peer must end with the peer's secret, as in /SECRET/; {example}")
+        raise ValueError(f"must end with the peer's secret, as in /SECRET/; {example}")
     if port is None:
         port = 443 if parts.scheme == "https" else 80
     return Peer(parts.scheme, host, port, f"/{segments[0]}/")
 
 
+PEER = _bench("peer", _peer, flag="--peer", metavar="URL",
+              help="a peer slapmonitor's secret base URL, http(s)://HOST:PORT/SECRET/")
+PEER_CA = _bench("peer-ca", flag="--peer-ca", metavar="FILE",
+                 help="trust this CA or self-signed certificate for an https peer")
+PEER_VERIFY = _bench("peer-verify", boolean, True, flag="--peer-insecure", switch=False,
+                     help="do not verify an https peer's certificate")
+REPEAT = _bench("repeat", integer(1), flag="--repeat", metavar="N",
+                help="runs per figure; the median is kept (default 5 for cpu and sqlite, 3 for net)")
+TIMEOUT = _bench("timeout", number(1.0, 3600.0, unit="seconds"), DEFAULT_TIMEOUT, flag="--timeout",
+                 metavar="SECONDS", help=f"stop and store nothing after this long (default {DEFAULT_TIMEOUT:g})")
+LOCK_WAIT = _bench("lock-wait", number(0.0, 3600.0, unit="seconds"), DEFAULT_LOCK_WAIT, flag="--lock-wait",
+                   metavar="SECONDS",
+                   help=f"wait this long for a running collection to end (default {DEFAULT_LOCK_WAIT:g})")
+AS_JSON = Setting("json", flag="--json", dest="as_json", switch=True, default=False,
+                  help="print this run's figures and the status as JSON on stdout")
+THRESHOLD = _bench("threshold", number(0.0, 1.0), DEFAULT_THRESHOLD)
+BASELINE_DAYS = _bench("baseline-days", integer(1), DEFAULT_BASELINE_DAYS)
+CONFIRM_RUNS = _bench("confirm-runs", integer(1), 1)
+CPU_LOOPS = _bench("cpu-loops", integer(1000), DEFAULT_CPU_LOOPS)
+SQLITE_ROUNDS = _bench("sqlite-rounds", integer(1), DEFAULT_SQLITE_ROUNDS)
+NET_BYTES = _bench("net-bytes", integer(1000, MAX_NET_BYTES, high_reason="the slapmonitor's cap"), DEFAULT_NET_BYTES)
+# One threshold and one reference per figure: threshold-<figure>, reference-<figure>.
+THRESHOLDS = {name: _bench(f"threshold-{name}", number(0.0, 1.0)) for name in FIGURES}
+REFERENCES = {name: _bench(f"reference-{name}", number(above=0.0)) for name in FIGURES}
+BENCH_LOG_FILE = replace(config.LOG_FILE, sections=(SECTION, config.SECTION))
+BENCH_SETTINGS = (config.CONFIG, config.DATA_DIR, BENCH_LOG_FILE, PEER, PEER_CA, PEER_VERIFY, REPEAT, TIMEOUT,
+                  LOCK_WAIT, AS_JSON, THRESHOLD, BASELINE_DAYS, CONFIRM_RUNS, CPU_LOOPS, SQLITE_ROUNDS, NET_BYTES,
+                  *THRESHOLDS.values(), *REFERENCES.values())
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_flags(parser, BENCH_SETTINGS[:3])
+    parser.add_argument("what", choices=(*KINDS, "all"),
+                        help="which benchmark; all = cpu, sqlite, and net when a peer is configured")
+    add_flags(parser, BENCH_SETTINGS[3:])
+
+
+def parse_peer(url: str) -> Peer:
+    """Check a peer's secret base URL (as ``--peer``); errors never repeat the secret."""
+    return parse(PEER, url, PEER.option)
+
+
 def bench_settings(args: argparse.Namespace) -> BenchSettings:
     cp = config.load_config(args)
-    if not cp.has_section(SECTION):
-        cp.add_section(SECTION)
-    main = config.SECTION
-    data_dir = getattr(args, "data_dir", None) or cp.get(main, "data-dir", fallback="").strip() or "var/data-log"
+    for key in cp.options(SECTION) if cp.has_section(SECTION) else ():
+        prefix, sep, name = key.partition("-")
+        if prefix in ("threshold", "reference") and sep and name not in FIGURES:
+            raise CollectError(f"[{SECTION}] {key}: unknown benchmark {name!r} (one of {', '.join(FIGURES)})")
+    got = resolve(BENCH_SETTINGS, args, cp)
     kinds = list(KINDS) if args.what == "all" else [args.what]
-
-    peer_url = getattr(args, "peer", None) or cp.get(SECTION, "peer", fallback="").strip()
-    peer = parse_peer(peer_url) if peer_url else None
+    peer = got[PEER.key]
     if peer is None:
         if args.what == "net":
             raise CollectError("the net benchmark needs a peer: --peer URL or [bench] peer")
         if "net" in kinds:
             kinds.remove("net")
-    peer_ca = getattr(args, "peer_ca", None) or cp.get(SECTION, "peer-ca", fallback="").strip() or None
+    peer_ca = got[PEER_CA.key] or None
     if peer_ca and not os.access(peer_ca, os.R_OK):
         raise CollectError(f"peer CA file {peer_ca} is not readable")
-    peer_verify = config.get_bool(cp, SECTION, "peer-verify", True) and not getattr(args, "peer_insecure", False)
-
-    repeat = dict(DEFAULT_REPEAT)
-    cli_repeat = getattr(args, "repeat", None)
-    if cli_repeat is not None:
-        if cli_repeat < 1:
-            raise CollectError(f"--repeat must be at least 1, not {cli_repeat}")
-        repeat = dict.fromkeys(KINDS, cli_repeat)
-    elif cp.get(SECTION, "repeat", fallback="").strip():
-        repeat = dict.fromkeys(KINDS, config.get_int(cp, SECTION, "repeat", 1, minimum=1))
-
-    references: dict[str, float] = {}
-    thresholds: dict[str, float] = {}
-    for key in cp.options(SECTION):
-        if key.startswith("threshold-"):
-            name = key.removeprefix("threshold-")
-            if name not in FIGURES:
-                raise CollectError(f"[{SECTION}] {key}: unknown benchmark {name!r} (one of {', '.join(FIGURES)})")
-            thresholds[name] = _get_float(cp, key, DEFAULT_THRESHOLD, 0.0, 1.0)
-        if key.startswith("reference-"):
-            name = key.removeprefix("reference-")
-            if name not in FIGURES:
-                raise CollectError(f"[{SECTION}] {key}: unknown benchmark {name!r} (one of {', '.join(FIGURES)})")
-            references[name] = _get_float(cp, key, 0.0, 0.0)
-            if references[name] <= 0:
-                raise CollectError(f"[{SECTION}] {key} must be above 0")
-
-    timeout = getattr(args, "timeout", None)
-    if timeout is None:
-        timeout = _get_float(cp, "timeout", DEFAULT_TIMEOUT, 1.0, 3600.0)
-    _check_range("--timeout", timeout, 1.0, 3600.0)
-    lock_wait = getattr(args, "lock_wait", None)
-    if lock_wait is None:
-        lock_wait = _get_float(cp, "lock-wait", DEFAULT_LOCK_WAIT, 0.0, 3600.0)
-    _check_range("--lock-wait", lock_wait, 0.0, 3600.0)
-
+    repeat = dict(DEFAULT_REPEAT) if got[REPEAT.key] is None else dict.fromkeys(KINDS, got[REPEAT.key])
     return BenchSettings(
-        data_dir=config.resolve_data_dir(data_dir),
+        data_dir=config.resolve_data_dir(got[config.DATA_DIR.key]),
         kinds=kinds,
         peer=peer,
         peer_ca=peer_ca,
-        peer_verify=peer_verify,
+        peer_verify=got[PEER_VERIFY.key],
         repeat=repeat,
-        threshold=_get_float(cp, "threshold", DEFAULT_THRESHOLD, 0.0, 1.0),
-        baseline_days=config.get_int(cp, SECTION, "baseline-days", DEFAULT_BASELINE_DAYS, minimum=1),
-        references=references,
-        thresholds=thresholds,
-        confirm_runs=config.get_int(cp, SECTION, "confirm-runs", 1, minimum=1),
-        timeout=timeout,
-        lock_wait=lock_wait,
-        cpu_loops=config.get_int(cp, SECTION, "cpu-loops", DEFAULT_CPU_LOOPS, minimum=1000),
-        sqlite_rounds=config.get_int(cp, SECTION, "sqlite-rounds", DEFAULT_SQLITE_ROUNDS, minimum=1),
-        net_bytes=_net_bytes(cp),
-        log_file=(getattr(args, "log_file", None) or cp.get(SECTION, "log-file", fallback="").strip()
-                  or cp.get(main, "log-file", fallback="").strip() or None),
-        as_json=getattr(args, "as_json", False),
+        threshold=got[THRESHOLD.key],
+        baseline_days=got[BASELINE_DAYS.key],
+        references={name: got[s.key] for name, s in REFERENCES.items() if got.given(s.key)},
+        thresholds={name: got[s.key] for name, s in THRESHOLDS.items() if got.given(s.key)},
+        confirm_runs=got[CONFIRM_RUNS.key],
+        timeout=got[TIMEOUT.key],
+        lock_wait=got[LOCK_WAIT.key],
+        cpu_loops=got[CPU_LOOPS.key],
+        sqlite_rounds=got[SQLITE_ROUNDS.key],
+        net_bytes=got[NET_BYTES.key],
+        log_file=got[BENCH_LOG_FILE.key] or None,
+        as_json=got[AS_JSON.key],
     )
 
 

@@ -16,26 +16,24 @@ from pathlib import Path
 from . import config, folder, lock, sample, traffic
 from .config import CollectSettings
 from .errors import CollectError
+from .settings import Setting, add_flags, resolve
 from .snapshot import RunSnapshot
 from .store import DB_NAME, Store, describe_error, share_read_only
 
 log = logging.getLogger("slapos_collect")
 
 
+VERBOSE = Setting("verbose", flag=("-v", "--verbose"), switch=True, default=False, help="log every step")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    config.add_common_arguments(parser)
-    config.add_partition_arguments(parser)
-    parser.add_argument("--memory-cycle", type=int, metavar="SECONDS",
-                        help="re-read the PSS of a partition whose walk is dear (many processes or a large RSS sum) "
-                             "at most every SECONDS, carrying the last figure between reads (default 300; "
-                             "0: every run)")
-    config.add_network_arguments(parser)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log every step")
+    add_flags(parser, (*config.COMMON_FLAGS, *config.PARTITION_FLAGS, config.MEMORY_CYCLE, *config.NETWORK_FLAGS,
+                       VERBOSE))
 
 
 def run(args: argparse.Namespace) -> int:
     settings = config.collect_settings(args)
-    config.setup_logging(settings.log_file, getattr(args, "verbose", False))
+    config.setup_logging(settings.log_file, resolve([VERBOSE], args)[VERBOSE.key])
     try:
         with lock.exclusive(settings.data_dir / lock.COLLECT_LOCK):
             return collect(settings)

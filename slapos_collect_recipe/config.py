@@ -1,23 +1,44 @@
-"""Settings: command-line flags over the INI config file over a node's slapos.cfg.
+"""What ``collect``, ``rotate`` and ``folder-size`` collect, and where: the
+``[slapos-collect]`` settings (declared here, resolved by settings.py: flag
+over the INI file of ``-c CONFIG`` over a node's slapos.cfg over the
+default), the partitions they name, the data dir, and logging.
 
-The INI file (``-c CONFIG``) has one section per subcommand family; every key
-is documented in README.md ("Configuration file"). Flags override the file.
+Every key is documented in README.md ("Configuration file").
 """
 
 from __future__ import annotations
 
 import argparse
-import configparser
 import logging
 import os
 import pwd
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .errors import CollectError
+from .settings import (
+    COLLECT,
+    CONFIG,
+    DATA_DIR,
+    DEFAULT_DATA_DIR,
+    LOG_FILE,
+    Kind,
+    Setting,
+    boolean,
+    choice,
+    ini_value,
+    integer,
+    lines,
+    load_config,
+    read_ini,
+    resolve,
+    text,
+    words,
+)
 
-SECTION = "slapos-collect"
+SECTION = COLLECT
 DEFAULT_KEEP_DAYS = 3
 DEFAULT_FOLDER_CYCLE = 86400
 ACCOUNTING_MODES = ("auto", "yes", "no")
@@ -65,45 +86,59 @@ class CollectSettings:
     xml_report_dir: Path | None = None
 
 
-def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-c", "--config", metavar="CONFIG", help="INI configuration file")
-    parser.add_argument("--data-dir", metavar="DIR", help="where collector.db, the CSVs and the dumps live")
-    parser.add_argument("--log-file", metavar="FILE", help="log to FILE (default: warnings on stderr)")
-
-
-def add_partition_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--user", action="append", default=[], metavar="NAME",
-                        help="one partition per Unix user (repeatable)")
-    parser.add_argument("--partition", action="append", default=[], metavar="LABEL=PATH",
-                        help="one partition per directory, for partitions sharing a user (repeatable)")
-    parser.add_argument("--slapos-cfg", metavar="FILE",
-                        help="collect every partition of a SlapOS node described by its slapos.cfg")
-    parser.add_argument("--cgroup", action="append", default=[], metavar="LABEL=PATH",
-                        help="the cgroup directory holding partition LABEL's processes, read for exact "
-                             "CPU and IO (repeatable; never changed)")
-    parser.add_argument("--process-accounting", choices=ACCOUNTING_MODES, default=None,
-                        help="kernel process accounting for the CPU of ended processes: auto (on when "
-                             "root, the default), yes, no")
+def _collect(key: str, kind: Kind = text, default: Any = None, **declared: Any) -> Setting:
+    """A setting of the ``[slapos-collect]`` section."""
+    return Setting(key, kind, default, sections=(SECTION,), **declared)
 
 
 NETWORK_ACCOUNTING = ("auto", "nftables", "sockets", "no")
-
-
-def add_network_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--address", action="append", default=[], metavar="LABEL=ADDR",
-                        help="an IP address of partition LABEL whose traffic is its own (repeatable)")
-    parser.add_argument("--interface", action="append", default=[], metavar="LABEL=IFNAME",
-                        help="a tap/tun interface of partition LABEL, the machine behind it being the partition "
-                             "(repeatable)")
-    parser.add_argument("--network-accounting", choices=NETWORK_ACCOUNTING, default=None,
+USERS = _collect("users", words(), flag="--user", many="replace", metavar="NAME",
+                 help="one partition per Unix user (repeatable)")
+PARTITIONS = _collect("partitions", lines(), flag="--partition", many="replace", metavar="LABEL=PATH",
+                      help="one partition per directory, for partitions sharing a user (repeatable)")
+SLAPOS_CFG = _collect("slapos-cfg", flag="--slapos-cfg", metavar="FILE",
+                      help="collect every partition of a SlapOS node described by its slapos.cfg")
+CGROUPS = _collect("cgroups", lines(), flag="--cgroup", many="replace", metavar="LABEL=PATH",
+                   help="the cgroup directory holding partition LABEL's processes, read for exact "
+                        "CPU and IO (repeatable; never changed)")
+PROCESS_ACCOUNTING = _collect("process-accounting", choice(*ACCOUNTING_MODES, fold_case=True), "auto",
+                              flag="--process-accounting",
+                              help="kernel process accounting for the CPU of ended processes: auto (on when "
+                                   "root, the default), yes, no")
+MEMORY_CYCLE = _collect("memory-cycle", integer(0, MAX_MEMORY_CYCLE, unit="seconds"), DEFAULT_MEMORY_CYCLE,
+                        flag="--memory-cycle", metavar="SECONDS",
+                        help="re-read the PSS of a partition whose walk is dear (many processes or a large RSS "
+                             "sum) at most every SECONDS, carrying the last figure between reads (default 300; "
+                             "0: every run)")
+ADDRESSES = _collect("addresses", lines(), flag="--address", many="add", metavar="LABEL=ADDR",
+                     help="an IP address of partition LABEL whose traffic is its own (repeatable)")
+INTERFACES = _collect("interfaces", lines(), flag="--interface", many="add", metavar="LABEL=IFNAME",
+                      help="a tap/tun interface of partition LABEL, the machine behind it being the partition "
+                           "(repeatable)")
+NETWORK_MODE = _collect("network-accounting", choice(*NETWORK_ACCOUNTING), "auto", flag="--network-accounting",
                         help="per-address traffic: nftables counters (root), live TCP sockets, or none "
                              "(default: auto, nftables when possible)")
+KEEP_DAYS = _collect("keep-days", integer(1), DEFAULT_KEEP_DAYS, flag="--keep-days", metavar="N",
+                     help=f"keep reported rows N days (default {DEFAULT_KEEP_DAYS}, or collect_cache from slapos.cfg)")
+FOLDER_CYCLE = _collect("folder-cycle", integer(0), DEFAULT_FOLDER_CYCLE, flag="--folder-cycle",
+                        metavar="SECONDS",
+                        help="measure a partition at most once per SECONDS (default: the config's, 86400)")
+REPORT_DISK_USAGE = _collect("report-disk-usage", boolean, True)
+COMPUTER_ID = _collect("computer-id", text, "")
+
+# The flags commands offer, in --help order (collect: COMMON, PARTITION, memory-cycle, NETWORK).
+COMMON_FLAGS = (CONFIG, DATA_DIR, LOG_FILE)
+PARTITION_FLAGS = (USERS, PARTITIONS, SLAPOS_CFG, CGROUPS, PROCESS_ACCOUNTING)
+NETWORK_FLAGS = (ADDRESSES, INTERFACES, NETWORK_MODE)
+# What collect_settings resolves, flags or not (a command lacking a flag leaves it to the file).
+COLLECT_SETTINGS = (*COMMON_FLAGS[1:], *PARTITION_FLAGS, MEMORY_CYCLE, *NETWORK_FLAGS, KEEP_DAYS, FOLDER_CYCLE,
+                    REPORT_DISK_USAGE, COMPUTER_ID)
 
 
-def label_values(lines: list[str], what: str) -> dict[str, list[str]]:
+def label_values(entries: list[str], what: str) -> dict[str, list[str]]:
     """``LABEL = value value`` lines (or ``LABEL=value`` flags) merged into label -> values."""
     result: dict[str, list[str]] = {}
-    for line in lines:
+    for line in entries:
         label, sep, values = line.partition("=")
         label = label.strip()
         if not sep or not label or not values.split():
@@ -113,60 +148,6 @@ def label_values(lines: list[str], what: str) -> dict[str, list[str]]:
             if value not in known:
                 known.append(value)
     return result
-
-
-def read_ini(path: str | os.PathLike) -> configparser.ConfigParser:
-    """Read an INI file, turning every failure into one clear CollectError."""
-    # " ; comment" after a value is a comment (as in the README's examples);
-    # a ";" with no space before it stays part of the value.
-    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";",))
-    try:
-        with open(path, encoding="utf-8") as handle:
-            parser.read_file(handle)
-    except FileNotFoundError:
-        raise CollectError(f"config file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CollectError(f"cannot read config file {path}: {exc}") from None
-    except configparser.Error as exc:
-        message = str(exc).replace("\n", " ")
-        raise CollectError(f"malformed config file {path}: {message}") from None
-    return parser
-
-
-def load_config(args: argparse.Namespace) -> configparser.ConfigParser:
-    """The ``-c`` file, or an empty parser when none was given."""
-    if getattr(args, "config", None):
-        return read_ini(args.config)
-    return configparser.ConfigParser(interpolation=None)
-
-
-def get_int(cp: configparser.ConfigParser, section: str, key: str, default: int, minimum: int = 0) -> int:
-    raw = cp.get(section, key, fallback=None)
-    if raw is None or not raw.strip():
-        return default
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise CollectError(f"[{section}] {key} must be a whole number, not {raw.strip()!r}") from None
-    if value < minimum:
-        raise CollectError(f"[{section}] {key} must be at least {minimum}, not {value}")
-    return value
-
-
-def get_bool(cp: configparser.ConfigParser, section: str, key: str, default: bool) -> bool:
-    raw = cp.get(section, key, fallback=None)
-    if raw is None or not raw.strip():
-        return default
-    value = raw.strip().lower()
-    if value in ("1", "yes", "true", "on"):
-        return True
-    if value in ("0", "no", "false", "off"):
-        return False
-    raise CollectError(f"[{section}] {key} must be yes or no, not {raw.strip()!r}")
-
-
-def get_list(cp: configparser.ConfigParser, section: str, key: str) -> list[str]:
-    return cp.get(section, key, fallback="").split()
 
 
 def _make_dirs(folders: list[Path], mode: int) -> None:
@@ -250,13 +231,25 @@ class NodeConfig:
     computer_id: str
     computer_xml: str | None = None
 
+    def values(self) -> dict[str, Any]:
+        """The settings it gives, by key (None: it says nothing), below the flags and the INI file."""
+        return {DATA_DIR.key: self.data_dir, KEEP_DAYS.key: self.keep_days, FOLDER_CYCLE.key: self.folder_cycle,
+                REPORT_DISK_USAGE.key: self.report_disk_usage, COMPUTER_ID.key: self.computer_id or None}
+
+
+# slapos.cfg's own keys (section, key) read by read_slapos_cfg
+_PARTITION_AMOUNT = Setting("partition_amount", integer(0), 0)
+_COLLECT_CACHE = Setting("collect_cache", integer(0), 0)
+_DISK_CYCLE = Setting("disk_snapshot_time_cycle", integer(0), 0)
+_REPORT_DISK_USAGE = Setting("report_disk_usage", boolean)
+
 
 def read_slapos_cfg(path: str) -> NodeConfig:
     cp = read_ini(path)
     if not cp.has_option("slapos", "instance_root"):
         raise CollectError(f"{path}: [slapos] instance_root is missing")
     root = Path(cp.get("slapos", "instance_root")).expanduser()
-    amount = get_int(cp, "slapformat", "partition_amount", 0)
+    amount = ini_value(cp, "slapformat", _PARTITION_AMOUNT, 0)
     user_base = cp.get("slapformat", "user_base_name", fallback="").strip()
     part_base = cp.get("slapformat", "partition_base_name", fallback="slappart").strip() or "slappart"
     partitions: list[Partition] = []
@@ -273,39 +266,30 @@ def read_slapos_cfg(path: str) -> NodeConfig:
         else:
             # A standalone master: all partitions share one user.
             partitions.append(Partition(label=f"{part_base}{n}", path=part_path))
-    keep = get_int(cp, "slapos", "collect_cache", 0, minimum=0) or None
-    cycle = get_int(cp, "collect", "disk_snapshot_time_cycle", 0, minimum=0) or None
-    report = None
-    if cp.has_option("collect", "report_disk_usage"):
-        report = get_bool(cp, "collect", "report_disk_usage", True)
     return NodeConfig(
         partitions=partitions,
-        data_dir=root / "var" / "data-log",
+        data_dir=root / DEFAULT_DATA_DIR,
         instance_root=root,
-        keep_days=keep,
-        folder_cycle=cycle,
-        report_disk_usage=report,
+        keep_days=ini_value(cp, "slapos", _COLLECT_CACHE) or None,  # 0: not set
+        folder_cycle=ini_value(cp, "collect", _DISK_CYCLE) or None,
+        report_disk_usage=ini_value(cp, "collect", _REPORT_DISK_USAGE),
         computer_id=cp.get("slapos", "computer_id", fallback="").strip(),
         computer_xml=cp.get("slapformat", "computer_xml", fallback="").strip() or None,
     )
 
 
 def collect_settings(args: argparse.Namespace) -> CollectSettings:
-    """Resolve what to collect and where, for ``collect`` and ``rotate``."""
+    """Resolve what to collect and where, for ``collect``, ``rotate`` and ``folder-size``."""
     cp = load_config(args)
-    section = SECTION
-    users = list(getattr(args, "user", []) or []) or get_list(cp, section, "users")
-    dirs = list(getattr(args, "partition", []) or []) or [
-        line.strip() for line in cp.get(section, "partitions", fallback="").splitlines() if line.strip()
-    ]
-    slapos_cfg = getattr(args, "slapos_cfg", None) or cp.get(section, "slapos-cfg", fallback="").strip() or None
-
+    slapos_cfg = resolve([SLAPOS_CFG], args, cp)[SLAPOS_CFG.key]
     node = read_slapos_cfg(slapos_cfg) if slapos_cfg else None
+    got = resolve(COLLECT_SETTINGS, args, cp, node.values() if node else None)
+
     partitions: list[Partition] = []
     if node:
         partitions.extend(node.partitions)
-    partitions.extend(user_partition(name) for name in users)
-    partitions.extend(directory_partition(spec) for spec in dirs)
+    partitions.extend(user_partition(name) for name in got[USERS.key])
+    partitions.extend(directory_partition(spec) for spec in got[PARTITIONS.key])
     if not partitions and not node:
         # The embedded default: the current user is the one partition.
         entry = pwd.getpwuid(os.getuid())
@@ -316,66 +300,35 @@ def collect_settings(args: argparse.Namespace) -> CollectSettings:
             raise CollectError(f"partition label {part.label!r} is given twice")
         seen.add(part.label)
 
-    data_dir = getattr(args, "data_dir", None) or cp.get(section, "data-dir", fallback="").strip()
-    if not data_dir:
-        data_dir = node.data_dir if node else Path("var/data-log")
-    keep_days = getattr(args, "keep_days", None)
-    if keep_days is None:
-        keep_days = get_int(cp, section, "keep-days", (node and node.keep_days) or DEFAULT_KEEP_DAYS, minimum=1)
-    if keep_days < 1:
-        raise CollectError(f"--keep-days must be at least 1, not {keep_days}")
-    folder_cycle = get_int(cp, section, "folder-cycle", (node and node.folder_cycle) or DEFAULT_FOLDER_CYCLE)
-    default_report = node.report_disk_usage if node and node.report_disk_usage is not None else True
-    computer_id = cp.get(section, "computer-id", fallback="").strip() or (node.computer_id if node else "")
-    explicit_dir = bool(getattr(args, "data_dir", None) or cp.get(section, "data-dir", fallback="").strip())
-    settings = CollectSettings(
-        data_dir=resolve_data_dir(data_dir, shared=node is not None,
-                                  base=None if explicit_dir or node is None else node.instance_root),
+    # A node's data dir may need the folders between its instance_root and it; a given one only its parent.
+    node_dir = node is not None and got.origins[DATA_DIR.key] == "slapos.cfg"
+    computer_id = got[COMPUTER_ID.key]
+    return CollectSettings(
+        data_dir=resolve_data_dir(got[DATA_DIR.key], shared=node is not None,
+                                  base=node.instance_root if node_dir else None),
         partitions=partitions,
-        log_file=getattr(args, "log_file", None) or cp.get(section, "log-file", fallback="").strip() or None,
-        keep_days=keep_days,
-        folder_cycle=folder_cycle,
-        report_disk_usage=get_bool(cp, section, "report-disk-usage", default_report),
+        log_file=got[LOG_FILE.key] or None,
+        keep_days=got[KEEP_DAYS.key],
+        folder_cycle=got[FOLDER_CYCLE.key],
+        report_disk_usage=got[REPORT_DISK_USAGE.key],
         computer_id=computer_id,
-        memory_cycle=memory_cycle(args, cp),
+        memory_cycle=got[MEMORY_CYCLE.key],
         shared=node is not None,
         xml_report_dir=xml_report_dir(node.instance_root, computer_id) if node else None,
+        cgroups=cgroup_settings(got[CGROUPS.key], {p.label for p in partitions}),
+        process_accounting=got[PROCESS_ACCOUNTING.key],
+        addresses=label_values(got[ADDRESSES.key], "address"),
+        interfaces=label_values(got[INTERFACES.key], "interface"),
+        network_accounting=got[NETWORK_MODE.key],
+        computer_xml=node.computer_xml if node else None,
     )
-    settings.cgroups = cgroup_settings(args, cp, {p.label for p in partitions})
-    mode = getattr(args, "process_accounting", None) or cp.get(section, "process-accounting", fallback="").strip()
-    mode = (mode or "auto").lower()
-    if mode not in ACCOUNTING_MODES:
-        raise CollectError(f"process-accounting must be auto, yes or no, not {mode!r}")
-    settings.process_accounting = mode
-    _network_settings(settings, args, cp, node)
-    return settings
 
 
-def _network_settings(settings: CollectSettings, args: argparse.Namespace, cp: configparser.ConfigParser,
-                      node: NodeConfig | None) -> None:
-    """Addresses, interfaces (config keys, then flags, added) and the accounting mechanism."""
-    def lines(key: str, flag: str) -> list[str]:
-        from_file = [line for line in cp.get(SECTION, key, fallback="").splitlines() if line.strip()]
-        return from_file + list(getattr(args, flag, None) or [])
-
-    settings.addresses = label_values(lines("addresses", "address"), "address")
-    settings.interfaces = label_values(lines("interfaces", "interface"), "interface")
-    mode = getattr(args, "network_accounting", None) or cp.get(SECTION, "network-accounting", fallback="").strip()
-    if mode and mode not in NETWORK_ACCOUNTING:
-        raise CollectError(f"[{SECTION}] network-accounting must be one of {', '.join(NETWORK_ACCOUNTING)}, "
-                           f"not {mode!r}")
-    settings.network_accounting = mode or "auto"
-    settings.computer_xml = node.computer_xml if node else None
-
-
-def cgroup_settings(args: argparse.Namespace, cp: configparser.ConfigParser, labels: set[str]) -> dict[str, str]:
-    """``--cgroup LABEL=PATH`` flags, else the ``cgroups`` key (``LABEL = PATH`` per line).
+def cgroup_settings(specs: list[str], labels: set[str]) -> dict[str, str]:
+    """``LABEL=PATH`` specs (``--cgroup`` flags, else the ``cgroups`` key) as label -> directory.
 
     Only the syntax is checked here; whether PATH is a readable cgroup is
     checked at each run (a bad one is reported, the run still stored)."""
-    specs = list(getattr(args, "cgroup", []) or []) or [
-        line.strip() for line in cp.get(SECTION, "cgroups", fallback="").splitlines() if line.strip()
-    ]
     cgroups: dict[str, str] = {}
     for spec in specs:
         label, sep, path = spec.partition("=")
@@ -388,17 +341,6 @@ def cgroup_settings(args: argparse.Namespace, cp: configparser.ConfigParser, lab
             raise CollectError(f"cgroup of partition {label!r} is given twice")
         cgroups[label] = str(Path(path).expanduser().absolute())
     return cgroups
-
-
-def memory_cycle(args: argparse.Namespace, cp: configparser.ConfigParser) -> int:
-    """``--memory-cycle`` over ``memory-cycle``: seconds between two PSS reads of a partition
-    whose page tables are large (0: every run)."""
-    value = getattr(args, "memory_cycle", None)
-    if value is None:
-        value = get_int(cp, SECTION, "memory-cycle", DEFAULT_MEMORY_CYCLE)
-    if not 0 <= value <= MAX_MEMORY_CYCLE:
-        raise CollectError(f"memory-cycle must be between 0 and {MAX_MEMORY_CYCLE} seconds, not {value}")
-    return value
 
 
 def setup_logging(log_file: str | None, verbose: bool = False, long_running: bool = False) -> None:

@@ -19,30 +19,26 @@ import time
 
 from . import config, lock
 from .config import CollectSettings, Partition
+from .settings import Setting, add_flags, resolve
 from .store import BACKGROUND_TIMEOUT, DB_NAME, Store
 
 log = logging.getLogger("slapos_collect")
 
 FOLDER_LOCK = ".folder.lock"
 STATE_KEY = "folder_last"
+FORCE = Setting("force", flag="--force", switch=True, default=False, help="measure every partition now, due or not")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    config.add_common_arguments(parser)
-    config.add_partition_arguments(parser)
-    parser.add_argument("--force", action="store_true", help="measure every partition now, due or not")
-    parser.add_argument("--folder-cycle", type=int, metavar="SECONDS",
-                        help="measure a partition at most once per SECONDS (default: the config's, 86400)")
+    add_flags(parser, (*config.COMMON_FLAGS, *config.PARTITION_FLAGS, FORCE, config.FOLDER_CYCLE))
 
 
 def run(args: argparse.Namespace) -> int:
     settings = config.collect_settings(args)
-    if args.folder_cycle is not None:
-        settings.folder_cycle = args.folder_cycle
     config.setup_logging(settings.log_file)
     try:
         with lock.exclusive(settings.data_dir / FOLDER_LOCK):
-            measure_due(settings, force=args.force)
+            measure_due(settings, force=resolve([FORCE], args)[FORCE.key])
     except lock.Busy:
         log.info("a folder walk is already running")
     return 0

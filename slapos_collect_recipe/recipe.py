@@ -16,7 +16,6 @@ The recipes only write files: they never import the sampling code.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import pwd
@@ -29,8 +28,22 @@ from pathlib import Path
 
 import zc.buildout
 
-from . import schedule
+from . import config, schedule
 from .atomic import write_atomic
+from .settings import (
+    Setting,
+    SettingError,
+    absolute_path,
+    boolean,
+    choice,
+    from_options,
+    integer,
+    ip_address,
+    label_and_path,
+    lines,
+    parse,
+    words,
+)
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 DEFAULT_PORT_BASE = 9780
@@ -69,39 +82,41 @@ def port_is_free(port: int, hosts: list[str]) -> bool:
     return True
 
 
-# --- option parsing -----------------------------------------------------------
+# --- options --------------------------------------------------------------------
 
-def _is_true(name: str, raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in ("1", "yes", "true", "on"):
-        return True
-    if value in ("", "0", "no", "false", "off"):
-        return False
-    raise zc.buildout.UserError(f"option {name} must be yes or no, not {raw.strip()!r}")
-
-
-def _int(name: str, raw: str, default: int, low: int, high: int) -> int:
-    raw = raw.strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise zc.buildout.UserError(f"option {name} must be a whole number, not {raw!r}") from None
-    if not low <= value <= high:
-        raise zc.buildout.UserError(f"option {name} must be between {low} and {high}, not {value}")
+def _reference(raw: str) -> str:
+    value = raw.strip()
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", value):
+        raise ValueError(f"must be letters, digits, . _ -, not {value!r}")
     return value
 
 
-def _executable(name: str, raw: str, required: bool = True) -> str:
-    path = raw.strip()
-    if not path:
-        if required:
-            raise zc.buildout.UserError(f"option {name} is required")
-        return ""
-    if not os.path.isabs(path):
-        raise zc.buildout.UserError(f"option {name} must be an absolute path, not {path!r}")
-    return path
+PARTITION_ROOT = Setting("partition-root", absolute_path)
+PARTITION_REFERENCE = Setting("partition-reference", _reference)
+COMPUTER_ID = Setting("computer-id", default="")
+COLLECT_BINARY = Setting("slapos-collect-binary", absolute_path, required=True)
+SLAPMONITOR_BINARY = Setting("slapmonitor-binary", absolute_path)
+LOGROTATE_BINARY = Setting("logrotate-binary", absolute_path, "/usr/sbin/logrotate")
+DCRON_BINARY = Setting("dcron-binary", absolute_path, "")
+FREQUENCY = Setting("frequency", integer(1, 59), 1)
+KEEP_DAYS = Setting("keep-days", integer(1, 3650), config.DEFAULT_KEEP_DAYS)
+BENCH = Setting("bench", boolean, False)
+LOGROTATE_KEEP = Setting("logrotate-keep", integer(1, 365), 7)
+COLLECT = Setting("collect", choice("partition", "node"), "partition")
+COLLECT_BY = Setting("collect-by", choice("auto", "user", "directory"), "auto")
+USERS = Setting("users", words(), ())
+PARTITIONS = Setting("partitions", lines(label_and_path("LABEL=/absolute/path")), ())
+CGROUPS = Setting("cgroups", lines(label_and_path("LABEL = /absolute/path")), ())
+CGROUP = Setting("cgroup", absolute_path, "")
+SLAPOS_CFG = Setting("slapos-cfg", absolute_path, "/etc/opt/slapos/slapos.cfg")
+IPV6 = Setting("ipv6", words(ip_address), ())
+IPV4 = Setting("ipv4", words(ip_address), ())
+NETWORK_ADDRESSES = Setting("network-addresses", words(ip_address), ())
+PORT_BASE = Setting("port-base", integer(1024, 65000), DEFAULT_PORT_BASE)
+PORT = Setting("port", integer(1, 65535))
+DATA_DIR = Setting("data-dir")
+# The same keys, kinds and defaults as in the collector's own config.
+MEMORY_CYCLE, PROCESS_ACCOUNTING, NETWORK_ACCOUNTING = config.MEMORY_CYCLE, config.PROCESS_ACCOUNTING, config.NETWORK_MODE
 
 
 def partition_number(reference: str) -> int | None:
@@ -116,119 +131,10 @@ class Recipe:
     def __init__(self, buildout, name: str, options) -> None:
         self.name = name
         self.options = options
-        get = options.get
-        root = Path(get("partition-root", "").strip() or buildout["buildout"]["directory"])
-        if not root.is_absolute():
-            raise zc.buildout.UserError(f"option partition-root must be an absolute path, not {str(root)!r}")
-        self.root = root
-        self.reference = get("partition-reference", "").strip() or root.name
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.reference):
-            raise zc.buildout.UserError(f"option partition-reference {self.reference!r} must be letters, digits, . _ -")
-        self.computer_id = get("computer-id", "").strip()
-
-        self.collect_binary = _executable("slapos-collect-binary", get("slapos-collect-binary", ""))
-        self.slapmonitor_binary = _executable(
-            "slapmonitor-binary",
-            get("slapmonitor-binary", "") or os.path.join(os.path.dirname(self.collect_binary), "slapmonitor"))
-        self.logrotate_binary = _executable("logrotate-binary", get("logrotate-binary", "") or "/usr/sbin/logrotate")
-        self.dcron_binary = _executable("dcron-binary", get("dcron-binary", ""), required=False)
-
-        self.frequency = _int("frequency", get("frequency", ""), 1, 1, 59)
-        self.keep_days = _int("keep-days", get("keep-days", ""), 3, 1, 3650)
-        self.memory_cycle = _int("memory-cycle", get("memory-cycle", ""), 300, 0, 86400)
-        self.bench = _is_true("bench", get("bench", ""))
-        self.rotate = _int("logrotate-keep", get("logrotate-keep", ""), 7, 1, 365)
-
-        # What to collect.
-        collect = get("collect", "").strip() or "partition"
-        if collect not in ("partition", "node"):
-            raise zc.buildout.UserError(f"option collect must be partition or node, not {collect!r}")
-        self.users: list[str] = get("users", "").split()
-        self.partitions: list[str] = [line.strip() for line in get("partitions", "").splitlines() if line.strip()]
-        for spec in self.partitions:
-            label, sep, path = spec.partition("=")
-            if not sep or not label.strip() or not os.path.isabs(path.strip()):
-                raise zc.buildout.UserError(f"option partitions: {spec!r} must be LABEL=/absolute/path")
-        # Partition accounting: cgroups to read (LABEL = /path per line; ``cgroup`` is this
-        # partition's own) and kernel process accounting.
-        self.cgroups: list[str] = []
-        for spec in (line.strip() for line in get("cgroups", "").splitlines() if line.strip()):
-            label, sep, path = spec.partition("=")
-            if not sep or not label.strip() or not os.path.isabs(path.strip()):
-                raise zc.buildout.UserError(f"option cgroups: {spec!r} must be LABEL = /absolute/path")
-            self.cgroups.append(f"{label.strip()} = {path.strip()}")
-        own_cgroup = get("cgroup", "").strip()
-        if own_cgroup and not os.path.isabs(own_cgroup):
-            raise zc.buildout.UserError(f"option cgroup must be an absolute path, not {own_cgroup!r}")
-        self.process_accounting = get("process-accounting", "").strip() or "auto"
-        if self.process_accounting not in ("auto", "yes", "no"):
-            raise zc.buildout.UserError(
-                f"option process-accounting must be auto, yes or no, not {self.process_accounting!r}")
-        slapos_cfg = get("slapos-cfg", "").strip() or "/etc/opt/slapos/slapos.cfg"
-        self.slapos_cfg = ""
-        if collect == "node":
-            self.slapos_cfg = slapos_cfg
-            if not os.path.isabs(self.slapos_cfg):
-                raise zc.buildout.UserError(f"option slapos-cfg must be an absolute path, not {self.slapos_cfg!r}")
-        elif not self.users and not self.partitions:
-            by = get("collect-by", "").strip() or "auto"
-            if by not in ("auto", "user", "directory"):
-                raise zc.buildout.UserError(f"option collect-by must be auto, user or directory, not {by!r}")
-            if by == "auto":
-                by = "directory" if self._users_are_shared() else "user"
-            if by == "user":
-                self.users = [pwd.getpwuid(os.getuid()).pw_name]
-            else:
-                self.partitions = [f"{self.reference}={root}"]
-        if own_cgroup:
-            if collect == "node" or len(self.users) + len(self.partitions) != 1:
-                raise zc.buildout.UserError("option cgroup names the cgroup of this partition alone: "
-                                            "use cgroups (LABEL = /path per line) for several")
-            label = self.users[0] if self.users else self.partitions[0].partition("=")[0].strip()
-            self.cgroups.append(f"{label} = {own_cgroup}")
-
-        # The slapmonitor: addresses, port, secret.
-        self.ipv6 = get("ipv6", "").split()
-        self.ipv4 = get("ipv4", "").split()
-        for addr in self.ipv6 + self.ipv4:
-            family = socket.AF_INET6 if ":" in addr else socket.AF_INET
-            try:
-                socket.inet_pton(family, addr)
-            except OSError:
-                raise zc.buildout.UserError(f"option ipv4/ipv6: {addr!r} is not an IP address") from None
-        self.hosts = self.ipv6 + self.ipv4
-        self._network_options(get, collect)
-        if not self.hosts:
-            raise zc.buildout.UserError("options ipv6 and ipv4 are both empty: slapmonitor needs an address")
-        self.port_base = _int("port-base", get("port-base", ""), DEFAULT_PORT_BASE, 1024, 65000)
-
-        # Paths.
-        self.etc = root / "etc"
-        self.cron_d = self.etc / "cron.d"
-        self.service_d = self.etc / "service"
-        self.log_dir = root / "var" / "log"
-        self.cron_log_dir = self.log_dir / "cron"
-        self.run_dir = root / "var" / "run"
-        self.ssl_dir = self.etc / "ssl"
-        self.data_dir = Path(get("data-dir", "").strip() or root / "srv" / "collect")
-        self.paths = {
-            "config_file": self.etc / "slapos-collect.cfg",
-            "secret_file": self.etc / SECRET_FILE,
-            "port_file": self.etc / PORT_FILE,
-            "cert": self.ssl_dir / "slapmonitor.crt",
-            "key": self.ssl_dir / "slapmonitor.key",
-            "collect_log": self.log_dir / "slapos-collect.log",
-            "bench_log": self.log_dir / "slapos-collect-bench.log",
-            "monitor_log": self.log_dir / "slapmonitor.log",
-            "access_log": self.log_dir / "slapmonitor-access.log",
-            "logrotate_conf": self.etc / "logrotate.conf",
-            "logrotate_state": root / "var" / "logrotate.status",
-            "cron_pid": self.run_dir / "crond.pid",
-        }
-
-        self.port = self._port(get("port", ""))
-        self.secret = self._secret()
-
+        try:
+            self._read_options(buildout, options)
+        except SettingError as exc:
+            raise zc.buildout.UserError(str(exc)) from None
         host = self.ipv6[0] if self.ipv6 else self.ipv4[0]
         netloc = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
         base = f"https://{netloc}/"
@@ -246,18 +152,98 @@ class Recipe:
         options["monitor-dashboard-url"] = f"{base}{self.secret}/"
         options["monitor-metrics-url"] = f"{base}{self.secret}/metrics"
 
-    def _network_options(self, get, collect: str) -> None:
+    def _read_options(self, buildout, options) -> None:
+        """Every option, checked (a bad one: SettingError), and the paths they imply."""
+        def opt(setting: Setting, default: object = None):
+            return from_options(setting, options, default)
+
+        root = Path(parse(PARTITION_ROOT, options.get(PARTITION_ROOT.key, "").strip()
+                          or buildout["buildout"]["directory"], f"option {PARTITION_ROOT.key}"))
+        self.root = root
+        self.reference = parse(PARTITION_REFERENCE, options.get(PARTITION_REFERENCE.key, "").strip() or root.name,
+                               f"option {PARTITION_REFERENCE.key}")
+        self.computer_id = opt(COMPUTER_ID)
+
+        self.collect_binary = opt(COLLECT_BINARY)
+        self.slapmonitor_binary = opt(SLAPMONITOR_BINARY, os.path.join(os.path.dirname(self.collect_binary),
+                                                                       "slapmonitor"))
+        self.logrotate_binary = opt(LOGROTATE_BINARY)
+        self.dcron_binary = opt(DCRON_BINARY)
+
+        self.frequency = opt(FREQUENCY)
+        self.keep_days = opt(KEEP_DAYS)
+        self.memory_cycle = opt(MEMORY_CYCLE)
+        self.bench = opt(BENCH)
+        self.rotate = opt(LOGROTATE_KEEP)
+
+        # What to collect.
+        collect = opt(COLLECT)
+        self.users: list[str] = list(opt(USERS))
+        self.partitions: list[str] = list(opt(PARTITIONS))
+        # Partition accounting: cgroups to read (LABEL = /path per line; ``cgroup`` is this
+        # partition's own) and kernel process accounting.
+        self.cgroups: list[str] = [f"{label.strip()} = {path.strip()}"
+                                   for label, _, path in (spec.partition("=") for spec in opt(CGROUPS))]
+        own_cgroup = opt(CGROUP)
+        self.process_accounting = opt(PROCESS_ACCOUNTING)
+        self.slapos_cfg = ""
+        if collect == "node":
+            self.slapos_cfg = opt(SLAPOS_CFG)
+        elif not self.users and not self.partitions:
+            by = opt(COLLECT_BY)
+            if by == "auto":
+                by = "directory" if self._users_are_shared() else "user"
+            if by == "user":
+                self.users = [pwd.getpwuid(os.getuid()).pw_name]
+            else:
+                self.partitions = [f"{self.reference}={root}"]
+        if own_cgroup:
+            if collect == "node" or len(self.users) + len(self.partitions) != 1:
+                raise zc.buildout.UserError("option cgroup names the cgroup of this partition alone: "
+                                            "use cgroups (LABEL = /path per line) for several")
+            label = self.users[0] if self.users else self.partitions[0].partition("=")[0].strip()
+            self.cgroups.append(f"{label} = {own_cgroup}")
+
+        # The slapmonitor: addresses, port, secret.
+        self.ipv6 = list(opt(IPV6))
+        self.ipv4 = list(opt(IPV4))
+        self.hosts = self.ipv6 + self.ipv4
+        self._network_options(opt, collect)
+        if not self.hosts:
+            raise zc.buildout.UserError("options ipv6 and ipv4 are both empty: slapmonitor needs an address")
+        self.port_base = opt(PORT_BASE)
+
+        # Paths.
+        self.etc = root / "etc"
+        self.cron_d = self.etc / "cron.d"
+        self.service_d = self.etc / "service"
+        self.log_dir = root / "var" / "log"
+        self.cron_log_dir = self.log_dir / "cron"
+        self.run_dir = root / "var" / "run"
+        self.ssl_dir = self.etc / "ssl"
+        self.data_dir = Path(opt(DATA_DIR, root / "srv" / "collect"))
+        self.paths = {
+            "config_file": self.etc / "slapos-collect.cfg",
+            "secret_file": self.etc / SECRET_FILE,
+            "port_file": self.etc / PORT_FILE,
+            "cert": self.ssl_dir / "slapmonitor.crt",
+            "key": self.ssl_dir / "slapmonitor.key",
+            "collect_log": self.log_dir / "slapos-collect.log",
+            "bench_log": self.log_dir / "slapos-collect-bench.log",
+            "monitor_log": self.log_dir / "slapmonitor.log",
+            "access_log": self.log_dir / "slapmonitor-access.log",
+            "logrotate_conf": self.etc / "logrotate.conf",
+            "logrotate_state": root / "var" / "logrotate.status",
+            "cron_pid": self.run_dir / "crond.pid",
+        }
+
+        self.port = self._port(opt(PORT))
+        self.secret = self._secret()
+
+    def _network_options(self, opt, collect: str) -> None:
         """This partition's own addresses (ipv4, ipv6 and network-addresses) for its traffic figures."""
-        self.network_accounting = get("network-accounting", "").strip() or "auto"
-        if self.network_accounting not in ("auto", "nftables", "sockets", "no"):
-            raise zc.buildout.UserError("option network-accounting must be auto, nftables, sockets or no, "
-                                        f"not {self.network_accounting!r}")
-        extra = get("network-addresses", "").split()
-        for addr in extra:
-            try:
-                ipaddress.ip_address(addr)
-            except ValueError:
-                raise zc.buildout.UserError(f"option network-addresses: {addr!r} is not an IP address") from None
+        self.network_accounting = opt(NETWORK_ACCOUNTING)
+        extra = opt(NETWORK_ADDRESSES)
         me = pwd.getpwuid(os.getuid()).pw_name
         # The label this partition has in its own config: its user, or its reference when by directory;
         # a node's collector takes the other partitions' addresses from the computer XML.
@@ -284,15 +270,15 @@ class Recipe:
         except OSError:
             return True
 
-    def _port(self, raw: str) -> int:
+    def _port(self, requested: int | None) -> int:
         """The requested port, or the one chosen at first install and kept.
 
         Partitions of a test node share their addresses: the first choice is
         port-base + the partition number, then any free port.
         """
-        self.port_requested = bool(raw.strip())
-        if self.port_requested:
-            return _int("port", raw, 0, 1, 65535)
+        self.port_requested = requested is not None
+        if requested is not None:
+            return requested
         stored = self._stored_port()
         if stored is not None:
             return stored
@@ -427,10 +413,11 @@ class Release:
         # The folder that holds the package: a checkout for a develop egg.
         options["source"] = str(Path(__file__).resolve().parent.parent)
         options["python"] = sys.executable
-        for key in ("logrotate-binary", "dcron-binary"):
-            value = options.get(key, "").strip()
-            if value and not os.path.isabs(value):
-                raise zc.buildout.UserError(f"option {key} must be an absolute path, not {value!r}")
+        try:
+            for setting in (LOGROTATE_BINARY, DCRON_BINARY):
+                from_options(setting, options)
+        except SettingError as exc:
+            raise zc.buildout.UserError(str(exc)) from None
 
     def install(self) -> list[str]:
         return []

@@ -45,6 +45,7 @@ from pathlib import Path
 from . import config, lock, report
 from .atomic import fsync_dir, link_new
 from .errors import CollectError
+from .settings import add_flags
 from .store import DB_NAME, Store
 
 log = logging.getLogger("slapos_collect")
@@ -293,11 +294,7 @@ def rotate(store: Store, settings: config.CollectSettings, progress: bool = Fals
 # -- the ``rotate`` subcommand ------------------------------------------------------
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    config.add_common_arguments(parser)
-    config.add_partition_arguments(parser)
-    parser.add_argument("--keep-days", type=int, metavar="N",
-                        help=f"keep reported rows N days (default {config.DEFAULT_KEEP_DAYS}, "
-                             "or collect_cache from slapos.cfg)")
+    add_flags(parser, (*config.COMMON_FLAGS, *config.PARTITION_FLAGS, config.KEEP_DAYS))
 
 
 def run(args: argparse.Namespace) -> int:

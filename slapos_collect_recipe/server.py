@@ -38,7 +38,7 @@ import sys
 import tempfile
 import time
 import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any
@@ -48,14 +48,31 @@ from aiohttp.abc import AbstractAccessLogger
 
 from . import metrics
 from .atomic import write_atomic
-from .config import SECTION, add_common_arguments, get_bool, get_int, get_list, load_config, setup_logging
+from .config import SECTION, setup_logging
 from .connections import Gate, Limits, default_max_connections, descriptor_limit, hard_close
 from .errors import CollectError
+from .settings import (
+    CONFIG,
+    DATA_DIR,
+    LOG_FILE,
+    Kind,
+    Resolved,
+    Setting,
+    add_flags,
+    boolean,
+    integer,
+    load_config,
+    number,
+    resolve,
+    text,
+    words,
+)
 from .store import DB_NAME
 
 log = logging.getLogger("slapos_collect")
 
 MONITOR = "monitor"
+LIMITS_GROUP = "limits (see README: slapmonitor, Connections under load)"
 DEFAULT_PORT = 9443
 DEFAULT_HOSTS = ("127.0.0.1", "::1")
 SECRET_NAME = ".slapmonitor.secret"
@@ -99,27 +116,9 @@ NOT_FOUND_BODY = b"404: Not Found"
 # -- settings -----------------------------------------------------------------
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_common_arguments(parser)
-    parser.add_argument("--host", action="append", default=[], metavar="ADDR",
-                        help="address to listen on (repeatable; default 127.0.0.1 and ::1)")
-    parser.add_argument("--port", type=int, metavar="N",
-                        help=f"TCP port (default {DEFAULT_PORT}; 0 picks a free one, printed at start)")
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--secret", metavar="S", help="the URL secret (at least 22 characters of A-Z a-z 0-9 _ -); "
-                       "local users can read it in ps: prefer --secret-file")
-    group.add_argument("--secret-file", metavar="F",
-                       help=f"file holding the secret, generated when missing (default DATA_DIR/{SECRET_NAME})")
-    parser.add_argument("--cert", metavar="F", help="TLS certificate (PEM); generated self-signed when missing")
-    parser.add_argument("--key", metavar="F", help="TLS private key (PEM); generated when missing")
-    parser.add_argument("--no-tls", action="store_true", default=None, help="plain HTTP (local use only)")
-    parser.add_argument("--access-log", metavar="F", help="combined-format access log file")
-    limits = parser.add_argument_group("limits (see README: slapmonitor, Connections under load)")
-    for flag, what, default in LIMIT_FLAGS:
-        kind = "SECONDS" if flag.endswith("-timeout") else "N"
-        shown = f"{default:g}" if default is not None else "from the descriptor limit"
-        limits.add_argument(f"--{flag}", type=float if kind == "SECONDS" else int, metavar=kind,
-                            help=f"{what} (default {shown})")
+def _monitor(key: str, kind: Kind = text, default: Any = None, **declared: Any) -> Setting:
+    """A setting of the ``[monitor]`` section, with its flag ``--<key>``."""
+    return Setting(key, kind, default, sections=(MONITOR,), **{"flag": f"--{key}", **declared})
 
 
 _DEFAULTS = Limits()
@@ -139,6 +138,32 @@ LIMIT_FLAGS: tuple[tuple[str, str, float | int | None], ...] = (
     ("max-headers", "headers per request (431 beyond)", _DEFAULTS.max_headers),
     ("max-header-bytes", "bytes of the whole request head (431 beyond)", _DEFAULTS.max_header_bytes),
 )
+LIMITS = tuple(
+    _monitor(key, number(above=0, unit="seconds") if key.endswith("-timeout") else integer(1), default,
+             metavar="SECONDS" if key.endswith("-timeout") else "N", group=LIMITS_GROUP,
+             help=f"{what} (default {'from the descriptor limit' if default is None else f'{default:g}'})")
+    for key, what, default in LIMIT_FLAGS
+)
+HOSTS = _monitor("host", words(), flag="--host", many="replace", metavar="ADDR",
+                 help="address to listen on (repeatable; default 127.0.0.1 and ::1)")
+PORT = _monitor("port", integer(0, 65535), DEFAULT_PORT, metavar="N",
+                help=f"TCP port (default {DEFAULT_PORT}; 0 picks a free one, printed at start)")
+SECRET = Setting("secret", flag="--secret", metavar="S", exclusive="secret",
+                 help="the URL secret (at least 22 characters of A-Z a-z 0-9 _ -); "
+                      "local users can read it in ps: prefer --secret-file")
+SECRET_FILE = _monitor("secret-file", metavar="F", exclusive="secret",
+                       help=f"file holding the secret, generated when missing (default DATA_DIR/{SECRET_NAME})")
+CERT = _monitor("cert", metavar="F", help="TLS certificate (PEM); generated self-signed when missing")
+KEY = _monitor("key", metavar="F", help="TLS private key (PEM); generated when missing")
+NO_TLS = _monitor("no-tls", boolean, False, switch=True, help="plain HTTP (local use only)")
+ACCESS_LOG = _monitor("access-log", metavar="F", help="combined-format access log file")
+SERVE_LOG_FILE = replace(LOG_FILE, sections=(MONITOR, SECTION))
+SERVE_SETTINGS = (CONFIG, DATA_DIR, SERVE_LOG_FILE, HOSTS, PORT, SECRET, SECRET_FILE, CERT, KEY, NO_TLS, ACCESS_LOG,
+                  *LIMITS)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_flags(parser, SERVE_SETTINGS)
 
 
 @dataclass
@@ -157,23 +182,9 @@ class ServeSettings:
     body_timeout: float = BODY_TIMEOUT
 
 
-def limit_settings(args: argparse.Namespace, cp: Any) -> tuple[Limits, float]:
-    """The limits (flags over ``[monitor]``) and the upload's body timeout."""
-    values: dict[str, float | int] = {}
-    for flag, _, _ in LIMIT_FLAGS:
-        given = getattr(args, flag.replace("-", "_"), None)
-        raw = str(given) if given is not None else cp.get(MONITOR, flag, fallback="").strip()
-        if not raw:
-            continue
-        seconds = flag.endswith("-timeout")
-        try:
-            value: float | int = float(raw) if seconds else int(raw)
-        except ValueError:
-            raise CollectError(f"{flag} must be a {'number of seconds' if seconds else 'whole number'}, "
-                               f"not {raw!r}") from None
-        if not (value > 0 if seconds else value >= 1) or value != value or value == float("inf"):
-            raise CollectError(f"{flag} must be {'above 0' if seconds else 'at least 1'}, not {raw}")
-        values[flag] = value
+def limit_settings(got: Resolved) -> tuple[Limits, float]:
+    """The limits (flags over ``[monitor]``) and the upload's body timeout, from resolved settings."""
+    values = {key: got[key] for key, _, _ in LIMIT_FLAGS if got.given(key)}
     body_timeout = float(values.pop("body-timeout", BODY_TIMEOUT))
     names = {"max-connections-per-address": "per_address"}
     limits = Limits(**{names.get(k, k.replace("-", "_")): v for k, v in values.items()})
@@ -182,49 +193,39 @@ def limit_settings(args: argparse.Namespace, cp: Any) -> tuple[Limits, float]:
 
 def serve_settings(args: argparse.Namespace) -> ServeSettings:
     """Flags over the ``[monitor]`` section of ``-c CONFIG``."""
-    cp = load_config(args)
-    raw_dir = args.data_dir or cp.get(SECTION, "data-dir", fallback="").strip() or "var/data-log"
-    data_dir = Path(raw_dir).expanduser().absolute()
+    got = resolve(SERVE_SETTINGS, args, load_config(args))
+    data_dir = Path(got[DATA_DIR.key]).expanduser().absolute()
     if not data_dir.is_dir():
         raise CollectError(f"data dir {data_dir} does not exist")
     if not os.access(data_dir, os.R_OK | os.X_OK):
         raise CollectError(f"data dir {data_dir} is not readable")
 
-    hosts = list(args.host or []) or get_list(cp, MONITOR, "host")
-    hosts_given = bool(hosts)
-    hosts = [h.strip("[]") for h in hosts] or list(DEFAULT_HOSTS)
-    port = args.port if args.port is not None else get_int(cp, MONITOR, "port", DEFAULT_PORT)
-    if not 0 <= port <= 65535:
-        raise CollectError(f"port must be between 0 and 65535, not {port}")
-
-    if args.secret is not None:
-        secret = check_secret(args.secret.strip(), "--secret")
+    hosts = [h.strip("[]") for h in got[HOSTS.key]] or list(DEFAULT_HOSTS)
+    if got[SECRET.key]:
+        secret = check_secret(got[SECRET.key], SECRET.option)
     else:
-        secret_file = args.secret_file or cp.get(MONITOR, "secret-file", fallback="").strip()
+        secret_file = got[SECRET_FILE.key]
         secret = load_or_create_secret(Path(secret_file) if secret_file else data_dir / SECRET_NAME)
 
-    no_tls = args.no_tls if args.no_tls is not None else get_bool(cp, MONITOR, "no-tls", False)
-    cert = args.cert or cp.get(MONITOR, "cert", fallback="").strip() or None
-    key = args.key or cp.get(MONITOR, "key", fallback="").strip() or None
+    no_tls, cert, key = got[NO_TLS.key], got[CERT.key] or None, got[KEY.key] or None
     if bool(cert) != bool(key):
         raise CollectError("give both --cert and --key, or neither")
     if not no_tls and not cert:
         cert, key = str(data_dir / CERT_NAME), str(data_dir / KEY_NAME)
-    limits, body_timeout = limit_settings(args, cp)
+    limits, body_timeout = limit_settings(got)
     return ServeSettings(
         limits=limits,
         body_timeout=body_timeout,
         data_dir=data_dir,
         hosts=hosts,
-        hosts_given=hosts_given,
-        port=port,
+        hosts_given=got.given(HOSTS.key),
+        port=got[PORT.key],
         secret=secret,
         tls=not no_tls,
         cert=Path(cert) if cert else None,
         key=Path(key) if key else None,
-        access_log=args.access_log or cp.get(MONITOR, "access-log", fallback="").strip() or None,
-        log_file=(args.log_file or cp.get(MONITOR, "log-file", fallback="").strip()
-                  or cp.get(SECTION, "log-file", fallback="").strip() or None),
+        access_log=got[ACCESS_LOG.key] or None,
+        log_file=got[SERVE_LOG_FILE.key] or None,
     )
 
 
