@@ -119,6 +119,12 @@ DATA_DIR = Setting("data-dir")
 MEMORY_CYCLE, PROCESS_ACCOUNTING, NETWORK_ACCOUNTING = config.MEMORY_CYCLE, config.PROCESS_ACCOUNTING, config.NETWORK_MODE
 
 
+TEMPLATE_ATTRIBUTES = (
+    "reference data_dir process_accounting slapos_cfg keep_days memory_cycle computer_id network_accounting "
+    "addresses port collect_binary slapmonitor_binary logrotate_binary dcron_binary cron_d cron_log_dir rotate"
+).split()
+
+
 def partition_number(reference: str) -> int | None:
     """The N of a partition reference such as ``slappartN``."""
     match = re.search(r"(\d+)$", reference)
@@ -343,31 +349,16 @@ class Recipe:
         make_dir(self.data_dir, 0o750)
         self._keep_state()
 
-        values = {name: path for name, path in self.paths.items()}
+        values: dict[str, object] = dict(self.paths)
+        # The templates' ${name} is this recipe's attribute of that name, or one of these:
+        values.update({name: getattr(self, name) for name in TEMPLATE_ATTRIBUTES})
         values.update(
-            reference=self.reference,
-            data_dir=self.data_dir,
             users=" ".join(self.users),
             partitions="".join(f"\n  {spec}" for spec in self.partitions),
             cgroups="".join(f"\n  {spec}" for spec in self.cgroups),
-            process_accounting=self.process_accounting,
-            slapos_cfg=self.slapos_cfg,
-            keep_days=self.keep_days,
-            memory_cycle=self.memory_cycle,
-            computer_id=self.computer_id,
-            network_accounting=self.network_accounting,
-            addresses=self.addresses,
             host=" ".join(self.hosts),
-            port=self.port,
-            collect_binary=self.collect_binary,
-            slapmonitor_binary=self.slapmonitor_binary,
-            logrotate_binary=self.logrotate_binary,
-            dcron_binary=self.dcron_binary,
-            cron_d=self.cron_d,
-            cron_log_dir=self.cron_log_dir,
             crontabs=self.etc / "crontabs",
             cron_stamps=self.root / "var" / "cron-stamps",
-            rotate=self.rotate,
             schedule="* * * * *" if self.frequency == 1 else f"*/{self.frequency} * * * *",
             minute=self.bench_minute(),
         )

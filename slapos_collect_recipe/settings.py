@@ -88,32 +88,29 @@ def _check_bounds(value: float, low: float | None, high: float | None, above: fl
     raise ValueError(f"must be {bound}, not {_shown(value)}")
 
 
+def _numeric(convert: Callable[[str], float], what: str, low: float | None, high: float | None, above: float | None,
+             unit: str, low_reason: str, high_reason: str) -> Kind:
+    def parse(raw: str) -> float:
+        try:
+            value = convert(raw.strip())
+        except ValueError:
+            of = f" of {unit}" if unit else ""
+            raise ValueError(f"must be {what}{of}, not {raw.strip()!r}") from None
+        _check_bounds(value, low, high, above, unit, low_reason, high_reason)
+        return value
+    return parse
+
+
 def integer(low: int | None = None, high: int | None = None, *, unit: str = "", low_reason: str = "",
             high_reason: str = "") -> Kind:
     """A whole number within [low, high]."""
-    def parse(raw: str) -> int:
-        try:
-            value = int(raw.strip())
-        except ValueError:
-            of = f" of {unit}" if unit else ""
-            raise ValueError(f"must be a whole number{of}, not {raw.strip()!r}") from None
-        _check_bounds(value, low, high, None, unit, low_reason, high_reason)
-        return value
-    return parse
+    return _numeric(int, "a whole number", low, high, None, unit, low_reason, high_reason)
 
 
 def number(low: float | None = None, high: float | None = None, *, above: float | None = None,
            unit: str = "") -> Kind:
     """A finite decimal number within [low, high] (or above ``above``)."""
-    def parse(raw: str) -> float:
-        try:
-            value = float(raw.strip())
-        except ValueError:
-            of = f" of {unit}" if unit else ""
-            raise ValueError(f"must be a number{of}, not {raw.strip()!r}") from None
-        _check_bounds(value, low, high, above, unit, "", "")
-        return value
-    return parse
+    return _numeric(float, "a number", low, high, above, unit, "", "")
 
 
 def choice(*values: str, fold_case: bool = False) -> Kind:
