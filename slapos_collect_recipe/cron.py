@@ -33,6 +33,8 @@ from pathlib import Path
 from .atomic import write_atomic
 from .errors import CollectError
 from .lock import Busy, exclusive
+from .settings import Setting, add_flags, resolve
+from .settings import number as decimal
 
 log = logging.getLogger("slapos_collect.cron")
 
@@ -40,20 +42,26 @@ ENV_LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)$")
 NICKNAMES = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly", "@reboot"}
 
 
+CRON_D = Setting("cron-d", flag="--cron-d", required=True, metavar="DIR", help="folder of crontab files to run")
+LOG_DIR = Setting("log-dir", flag="--log-dir", metavar="DIR",
+                  help="append each entry's output to DIR/<file>.log (default: the daemon's own output)")
+LOG_FILE = Setting("log-file", flag="--log-file", metavar="FILE", help="the daemon's own log (default: stderr)")
+PID_FILE = Setting("pid-file", flag="--pid-file", metavar="FILE",
+                   help="write the daemon's pid there; refuse to start twice")
+CWD = Setting("cwd", flag="--cwd", metavar="DIR", help="directory the entries run in (default: the daemon's)")
+POLL = Setting("poll", decimal(above=0.0, unit="seconds"), 5.0, flag="--poll", metavar="SECONDS",
+               help="how often to look for changes in the folder (default: 5)")
+GRACE = Setting("grace", decimal(0.0, unit="seconds"), 10.0, flag="--grace", metavar="SECONDS",
+                help="on SIGTERM, how long running entries get before SIGKILL (default: 10)")
+SECONDS = Setting("seconds", flag="--seconds", switch=True, default=False,
+                  help="lines have a sixth time field, the seconds (m h dom mon dow s command)")
+VERBOSE = Setting("verbose", flag=("-v", "--verbose"), switch=True, default=False,
+                  help="log every run, not only problems")
+SETTINGS = (CRON_D, LOG_DIR, LOG_FILE, PID_FILE, CWD, POLL, GRACE, SECONDS, VERBOSE)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cron-d", required=True, metavar="DIR", help="folder of crontab files to run")
-    parser.add_argument("--log-dir", metavar="DIR",
-                        help="append each entry's output to DIR/<file>.log (default: the daemon's own output)")
-    parser.add_argument("--log-file", metavar="FILE", help="the daemon's own log (default: stderr)")
-    parser.add_argument("--pid-file", metavar="FILE", help="write the daemon's pid there; refuse to start twice")
-    parser.add_argument("--cwd", metavar="DIR", help="directory the entries run in (default: the daemon's)")
-    parser.add_argument("--poll", type=float, default=5.0, metavar="SECONDS",
-                        help="how often to look for changes in the folder (default: 5)")
-    parser.add_argument("--grace", type=float, default=10.0, metavar="SECONDS",
-                        help="on SIGTERM, how long running entries get before SIGKILL (default: 10)")
-    parser.add_argument("--seconds", action="store_true",
-                        help="lines have a sixth time field, the seconds (m h dom mon dow s command)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log every run, not only problems")
+    add_flags(parser, SETTINGS)
 
 
 # --- parsing ------------------------------------------------------------------
@@ -336,8 +344,10 @@ def _signal_group(process: subprocess.Popen, sig: int) -> None:
 def run(args: argparse.Namespace) -> int:
     from .config import setup_logging
 
-    setup_logging(args.log_file, verbose=args.verbose, long_running=True)
-    if args.log_file is None:
+    got = resolve(SETTINGS, args)
+    log_file, cwd, verbose = got[LOG_FILE.key], got[CWD.key], got[VERBOSE.key]
+    setup_logging(log_file, verbose=verbose, long_running=True)
+    if log_file is None:
         # A service: supervisord keeps stderr; say what happens at INFO too.
         logging.getLogger("slapos_collect").handlers[0].setLevel(logging.INFO)
         logging.getLogger("slapos_collect").setLevel(logging.INFO)
@@ -345,21 +355,19 @@ def run(args: argparse.Namespace) -> int:
         import croniter  # noqa: F401
     except ImportError:
         raise CollectError("the cron daemon needs croniter (a dependency of slapos_collect_recipe): pip install croniter") from None
-    cron_d = Path(args.cron_d).absolute()
+    cron_d = Path(got[CRON_D.key]).absolute()
     if not cron_d.is_dir():
         raise CollectError(f"cron folder {cron_d} does not exist")
-    log_dir = Path(args.log_dir).absolute() if args.log_dir else None
+    log_dir = Path(got[LOG_DIR.key]).absolute() if got[LOG_DIR.key] else None
     if log_dir is not None:
         try:
             log_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
         except OSError as exc:
             raise CollectError(f"cannot create log dir {log_dir}: {exc.strerror}") from None
-    if args.cwd and not os.path.isdir(args.cwd):
-        raise CollectError(f"--cwd {args.cwd} is not a directory")
-    if args.poll <= 0 or args.grace < 0:
-        raise CollectError("--poll must be positive and --grace not negative")
+    if cwd and not os.path.isdir(cwd):
+        raise CollectError(f"--cwd {cwd} is not a directory")
 
-    daemon = Daemon(cron_d, log_dir, args.cwd, args.poll, args.grace, args.seconds, args.verbose)
+    daemon = Daemon(cron_d, log_dir, cwd, got[POLL.key], got[GRACE.key], got[SECONDS.key], verbose)
 
     def on_signal(signum, _frame) -> None:
         log.info("signal %d: stopping", signum)
@@ -367,10 +375,10 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    if not args.pid_file:
+    if not got[PID_FILE.key]:
         daemon.run()
         return 0
-    pid_file = Path(args.pid_file).absolute()
+    pid_file = Path(got[PID_FILE.key]).absolute()
     lock_path = pid_file.with_name(pid_file.name + ".lock")
     try:
         with exclusive(lock_path):

@@ -251,6 +251,8 @@ def add_flags(parser: argparse.ArgumentParser, declared: Iterable[Setting]) -> N
                 groups["exclusive", setting.exclusive] = target.add_mutually_exclusive_group()
             target = groups["exclusive", setting.exclusive]
         options: dict[str, Any] = {"dest": setting.attribute, "help": setting.help, "default": None}
+        if setting.required:
+            options["required"] = True
         if setting.switch is not None:
             options.update(action="store_const", const=setting.switch)
         else:
