@@ -153,7 +153,7 @@ PEER = _bench("peer", _peer, flag="--peer", metavar="URL",
               help="a peer slapmonitor's secret base URL, http(s)://HOST:PORT/SECRET/")
 PEER_CA = _bench("peer-ca", flag="--peer-ca", metavar="FILE",
                  help="trust this CA or self-signed certificate for an https peer")
-PEER_VERIFY = _bench("peer-verify", boolean, True, flag="--peer-insecure", switch=False,
+PEER_VERIFY = _bench("peer-verify", boolean, True, flag="--peer-insecure", switch=False, dest="peer_verify",
                      help="do not verify an https peer's certificate")
 REPEAT = _bench("repeat", integer(1), flag="--repeat", metavar="N",
                 help="runs per figure; the median is kept (default 5 for cpu and sqlite, 3 for net)")

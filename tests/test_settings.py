@@ -192,7 +192,7 @@ def test_generated_flags_keep_their_names_and_values() -> None:
     assert args.no_tls is True and args.host == ["::1", "127.0.0.1"] and args.header_timeout == "2.5"
     parser, _ = cli.build_parser(["bench"])
     args = parser.parse_args(["bench", "cpu", "--peer-insecure", "--json"])
-    assert args.peer_insecure is False and args.as_json is True
+    assert args.peer_verify is False and args.as_json is True
     with pytest.raises(SystemExit):
         parser.parse_args(["bench", "cpu", "--secret", "x"])  # serve's flag, not bench's
 
