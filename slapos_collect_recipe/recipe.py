@@ -15,7 +15,7 @@ The recipes only write files: they never import the sampling code. Their
 options are read with settings.py's kinds (``from_options``), a bad one
 failing buildout with one ``UserError`` line.
 
-One module of about 550 lines: the three recipes are what the egg's
+One module of about 680 lines: the three recipes are what the egg's
 ``zc.buildout`` entry points name, and they share its templates, option
 kinds and file helpers; each is a class of its own.
 """
