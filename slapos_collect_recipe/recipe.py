@@ -22,6 +22,7 @@ kinds and file helpers; each is a class of its own.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import pwd
