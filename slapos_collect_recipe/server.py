@@ -72,7 +72,6 @@ from .store import DB_NAME
 log = logging.getLogger("slapos_collect")
 
 MONITOR = "monitor"
-LIMITS_GROUP = "limits (see README: slapmonitor, Connections under load)"
 DEFAULT_PORT = 9443
 DEFAULT_HOSTS = ("127.0.0.1", "::1")
 SECRET_NAME = ".slapmonitor.secret"
@@ -138,6 +137,7 @@ LIMIT_FLAGS: tuple[tuple[str, str, float | int | None], ...] = (
     ("max-headers", "headers per request (431 beyond)", _DEFAULTS.max_headers),
     ("max-header-bytes", "bytes of the whole request head (431 beyond)", _DEFAULTS.max_header_bytes),
 )
+LIMITS_GROUP = "limits (see README: slapmonitor, Connections under load)"
 LIMITS = tuple(
     _monitor(key, number(above=0, unit="seconds") if key.endswith("-timeout") else integer(1), default,
              metavar="SECONDS" if key.endswith("-timeout") else "N", group=LIMITS_GROUP,
