@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import configparser
-import datetime
-import ipaddress
 import math
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -131,6 +129,8 @@ def choice(*values: str, fold_case: bool = False) -> Kind:
 
 def iso_day(raw: str) -> int:
     """A YYYY-MM-DD day, as a day number since the epoch."""
+    import datetime  # this kind and ip_address import lazily: collect, every minute, needs neither
+
     value = raw.strip()
     try:
         parsed = datetime.date.fromisoformat(value)
@@ -176,6 +176,8 @@ def _item(item: Kind | None, entry: str) -> Any:
 
 
 def ip_address(raw: str) -> str:
+    import ipaddress
+
     try:
         ipaddress.ip_address(raw)
     except ValueError:
