@@ -18,7 +18,7 @@ folded into first/last seconds, then each computer once per minute. A line out
 of order, or garbage, makes the block shrink down to single lines, which stay
 correct.
 
-One module of about 680 lines: the scanner, the per-minute fold and the report
+One module of about 650 lines: the scanner, the per-minute fold and the report
 all work on the one structure described above (per computer and day, the two
 byte arrays); split, that structure would be spread over several files.
 """
@@ -44,6 +44,7 @@ from pathlib import Path
 
 from .atomic import write_atomic
 from .errors import CollectError
+from .progress import Progress
 from .settings import Setting, add_flags, integer, iso_day, resolve
 
 FORMAT = "slapos-collect-availability/1"
@@ -126,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         raise CollectError(f"CSV directory {csv_dir}: parent directory {csv_dir.parent} does not exist")
 
     analyser = Analyser(pattern, since=since, until=until)
-    progress = Progress(args.logs) if sys.stderr.isatty() else None
+    progress = Progress(sum(_size(path) for path in args.logs)) if sys.stderr.isatty() else None
     stats = []
     for path in args.logs:
         st = FileStats(path)
@@ -221,7 +222,7 @@ class Analyser:
             finally:
                 self.flush()
                 if progress:
-                    progress.file_done(path)
+                    progress.advance(_size(path))
 
     def _read_stream(self, chunks: Iterator[bytes], raw: io.BufferedReader, st: FileStats,
                      progress: Progress | None) -> None:
@@ -248,7 +249,8 @@ class Analyser:
                 checked = True
                 self._check_is_log(st)
             if progress:
-                progress.update(raw.tell())
+                position = raw.tell()
+                progress.draw(f"{progress.rate(position) / 1e6:.0f} MB/s ", position)
         if rest:
             self.scan(rest + b"\n", 0, len(rest) + 1, st)
         if not checked:
@@ -645,38 +647,9 @@ def _outage(start: int, stop: int, edge: str | None) -> dict:
     return {"start": _iso(start), "end": _iso(stop), "seconds": stop - start, "edge": edge}
 
 
-class Progress:
-    """A one-line progress bar on stderr (only used when stderr is a terminal)."""
-
-    def __init__(self, paths: list[str]) -> None:
-        self.total = 0
-        for path in paths:
-            try:
-                self.total += os.stat(path).st_size
-            except OSError:
-                pass
-        self.done = 0  # bytes of the files already read
-        self.started = time.monotonic()
-        self.shown = 0.0
-
-    def update(self, position: int) -> None:
-        now = time.monotonic()
-        if now - self.shown < 0.2:
-            return
-        self.shown = now
-        done = self.done + position
-        width = 30
-        frac = min(done / self.total, 1.0) if self.total else 0.0
-        rate = done / max(now - self.started, 1e-6) / 1e6
-        sys.stderr.write(f"\r[{'#' * int(frac * width):<{width}}] {frac * 100:5.1f}% {rate:.0f} MB/s ")
-        sys.stderr.flush()
-
-    def file_done(self, path: str) -> None:
-        try:
-            self.done += os.stat(path).st_size
-        except OSError:
-            pass
-
-    def clear(self) -> None:
-        sys.stderr.write("\r" + " " * 60 + "\r")
-        sys.stderr.flush()
+def _size(path: str) -> int:
+    """A log's size for the progress bar (0 when it cannot be read)."""
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
