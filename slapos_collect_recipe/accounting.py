@@ -156,11 +156,11 @@ def compute(
     for sample, (ppid, child) in zip(samples, kin, strict=True):
         label = sample.partition
         key = sample.process
-        current[key] = [label, sample.pid, ppid, sample.cpu_time, child, sample.io_rw_bytes,
-                        sample.io_ops, sample.num_threads, (raw or {}).get(key)]
+        current[key] = [label, sample.pid, ppid, sample.cpu_time, child, sample.io_rw_counter,
+                        sample.io_cycles_counter, sample.cpu_num_threads, (raw or {}).get(key)]
         count[label] += 1
         rss[label] += sample.memory_rss
-        if sample.io_rw_bytes is not None:
+        if sample.io_rw_counter is not None:
             io_known.add(label)
         if child is None:
             no_children.add(label)
@@ -178,16 +178,16 @@ def compute(
                 went_down += 1
             own[label] += max(d_cpu, 0.0)
             children[label] += max(d_child, 0.0)
-            if sample.io_rw_bytes is not None and before[_IO_B] is not None:
-                io_b[label] += max(sample.io_rw_bytes - before[_IO_B], 0)
-                io_ops[label] += max(sample.io_ops - before[_IO_OPS], 0)
+            if sample.io_rw_counter is not None and before[_IO_B] is not None:
+                io_b[label] += max(sample.io_rw_counter - before[_IO_B], 0)
+                io_ops[label] += max(sample.io_cycles_counter - before[_IO_OPS], 0)
         if before is None and sample.create_time >= started_after:
             # Started since the previous run: all of it is in the interval.
             own[label] += sample.cpu_time
             children[label] += child or 0.0
-            if sample.io_rw_bytes is not None:
-                io_b[label] += sample.io_rw_bytes
-                io_ops[label] += sample.io_ops or 0
+            if sample.io_rw_counter is not None:
+                io_b[label] += sample.io_rw_counter
+                io_ops[label] += sample.io_cycles_counter or 0
         # else: running before the previous run but not seen by it (first
         # sight): counted from now on, never its past in one spike.
     if went_down:
