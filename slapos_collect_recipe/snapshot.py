@@ -131,6 +131,14 @@ class PartitionUsage(Row, table="partition_usage"):
 
 
 @dataclass
+class FolderSample(Row, table="folder"):
+    """A partition folder's size, measured in the background (``folder``)."""
+
+    partition: str
+    disk_used: int  # KiB, like ``du -s``
+
+
+@dataclass
 class TemperatureSample(Row, table="temperature"):
     """One temperature sensor the kernel exposes (hwmon, or a thermal zone).
 

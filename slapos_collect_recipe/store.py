@@ -6,6 +6,9 @@ note's columns, in that order); every table ends with ``date, time,
 reported``. Identifiers come only from ``TABLES``; every value is a bound
 parameter. A query's result is a named row (``tables``' NamedTuples, or
 ``sqlite3.Row`` where callers look columns up by name), never a bare tuple.
+It stays one module of about 500 lines on purpose: every SQL statement on
+``collector.db`` is here (the declaration of the tables is ``tables``, the
+guard of the WAL's side files ``walfiles``).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from .tables import (
     UsageDaySums,
     columns,  # noqa: F401 (store.columns, as before: declared in tables)
 )
+from .walfiles import keep_wal_files
 
 if TYPE_CHECKING:  # typing is slow to import, and the collector starts every minute
     from typing import Any
@@ -97,52 +101,6 @@ def _schema() -> list[str]:
     body = ", ".join(f"{name} real NOT NULL DEFAULT 0" for name in COUNTERS)
     statements.append(f"CREATE TABLE IF NOT EXISTS partition_counters (partition text PRIMARY KEY, {body})")
     return statements
-
-
-# -- the WAL's side files stay (readers without write access need them) -------
-
-# SQLite's lock bytes (os_unix.c): a reader holds a read lock in the SHARED range.
-_SHARED_FIRST = 0x40000000 + 2
-# One descriptor per database file, kept open for the process's life: closing
-# any descriptor of a file drops every POSIX lock this process holds on it,
-# SQLite connections' included.
-_GUARDS: dict[str, tuple[int, int]] = {}
-
-
-@contextmanager
-def _keep_wal_files(path: Path) -> Iterator[None]:
-    """Hold a read lock in SQLite's SHARED range while a connection closes.
-
-    The last connection to close a WAL database takes an exclusive lock, and
-    when it gets it, checkpoints and deletes ``-wal`` and ``-shm``; a reader
-    that may not write in the directory (a partition's user) then fails on
-    its first query ("attempt to write a readonly database"). SQLite's
-    persistent-WAL switch is not reachable from Python's sqlite3; an open file
-    description lock (F_OFD_SETLK) conflicts with SQLite's POSIX locks even in
-    this process, so the close finds the database shared and leaves both
-    files in place (the WAL was checkpointed and emptied just before)."""
-    import fcntl
-    import struct
-
-    key = str(path.absolute())
-    fd = None
-    try:
-        ino = os.stat(key).st_ino
-        fd, guarded_ino = _GUARDS.get(key, (None, None))
-        if fd is None or guarded_ino != ino:
-            if fd is not None:
-                os.close(fd)  # a replaced file (kept aside): no connection uses it
-            fd = os.open(key, os.O_RDONLY | os.O_CLOEXEC)
-            _GUARDS[key] = (fd, ino)
-        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack("hhqqi4x", fcntl.F_RDLCK, os.SEEK_SET, _SHARED_FIRST, 1, 0))
-    except (OSError, AttributeError):  # no OFD locks (not Linux): SQLite removes the files
-        fd = None
-    try:
-        yield
-    finally:
-        if fd is not None:
-            fcntl.fcntl(fd, fcntl.F_OFD_SETLK,
-                        struct.pack("hhqqi4x", fcntl.F_UNLCK, os.SEEK_SET, _SHARED_FIRST, 1, 0))
 
 
 def share_read_only(path: str | os.PathLike) -> None:
@@ -241,7 +199,7 @@ class Store:
         return cls(path), aside
 
     def close(self) -> None:
-        """Close; a writer leaves the WAL's side files in place (see ``_keep_wal_files``)."""
+        """Close; a writer leaves the WAL's side files in place (see ``walfiles.keep_wal_files``)."""
         if self.readonly:
             self.db.close()
             return
@@ -259,7 +217,7 @@ class Store:
             self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         except sqlite3.Error:
             pass
-        with _keep_wal_files(self.path):
+        with keep_wal_files(self.path):
             self.db.close()
 
     def __enter__(self) -> Store:
