@@ -46,7 +46,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from . import latest, metrics
+from . import metrics
 from .atomic import write_atomic
 from .config import SECTION, add_common_arguments, get_bool, get_int, get_list, load_config, setup_logging
 from .connections import Gate, Limits, default_max_connections, descriptor_limit, hard_close
@@ -940,7 +940,7 @@ class Monitor:
             if store is None:
                 return {"date": None, "time": None, "partitions": []}
             with store:
-                return latest.current_partitions(store)
+                return metrics.current_partitions(store)
 
         try:
             body = json.dumps(await asyncio.to_thread(read)).encode()
