@@ -19,12 +19,12 @@ import time
 
 from . import config, lock
 from .config import CollectSettings, Partition
+from .datafiles import DB_NAME, FOLDER_LOCK
 from .snapshot import FolderSample
-from .store import BACKGROUND_TIMEOUT, DB_NAME, Store
+from .store import BACKGROUND_TIMEOUT, Store
 
 log = logging.getLogger("slapos_collect")
 
-FOLDER_LOCK = ".folder.lock"
 STATE_KEY = "folder_last"
 
 

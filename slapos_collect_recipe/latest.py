@@ -12,7 +12,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .store import COUNTERS, DB_NAME, Store
+from .datafiles import DB_NAME
+from .store import COUNTERS, Store
 from .tables import Stamp
 
 # partition_usage column -> key of current_partitions (one run's figures, for the interval

@@ -24,13 +24,13 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from .datafiles import BENCH_STATUS
 from .latest import COUNTER_KEYS, current_partitions, latest_usage, open_store, partition_counters
 from .latest import number as _number
 from .store import Store
 
 log = logging.getLogger("slapos_collect")
 
-STATUS_NAME = "benchmark_status.json"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -71,7 +71,7 @@ COUNTER_FAMILIES = {
 
 def read_benchmark_status(data_dir: Path) -> dict[str, Any] | None:
     """``benchmark_status.json`` as written by ``bench``, or None when absent or unreadable."""
-    path = Path(data_dir) / STATUS_NAME
+    path = Path(data_dir) / BENCH_STATUS
     try:
         status = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
