@@ -77,8 +77,8 @@ class Override:
 
     source: str
     cpu: float | None
-    io_bytes: int | None = None
-    io_ops: int | None = None
+    io_rw_counter: int | None = None
+    io_cycles_counter: int | None = None
 
 
 def rebooted(previous: dict, boot_time: float, uptime: float | None) -> bool:
@@ -156,11 +156,11 @@ def compute(
     for sample, (ppid, child) in zip(samples, kin, strict=True):
         label = sample.partition
         key = sample.process
-        current[key] = [label, sample.pid, ppid, sample.cpu_time, child, sample.io_rw_bytes,
-                        sample.io_ops, sample.num_threads, (raw or {}).get(key)]
+        current[key] = [label, sample.pid, ppid, sample.cpu_time, child, sample.io_rw_counter,
+                        sample.io_cycles_counter, sample.cpu_num_threads, (raw or {}).get(key)]
         count[label] += 1
         rss[label] += sample.memory_rss
-        if sample.io_rw_bytes is not None:
+        if sample.io_rw_counter is not None:
             io_known.add(label)
         if child is None:
             no_children.add(label)
@@ -178,16 +178,16 @@ def compute(
                 went_down += 1
             own[label] += max(d_cpu, 0.0)
             children[label] += max(d_child, 0.0)
-            if sample.io_rw_bytes is not None and before[_IO_B] is not None:
-                io_b[label] += max(sample.io_rw_bytes - before[_IO_B], 0)
-                io_ops[label] += max(sample.io_ops - before[_IO_OPS], 0)
+            if sample.io_rw_counter is not None and before[_IO_B] is not None:
+                io_b[label] += max(sample.io_rw_counter - before[_IO_B], 0)
+                io_ops[label] += max(sample.io_cycles_counter - before[_IO_OPS], 0)
         if before is None and sample.create_time >= started_after:
             # Started since the previous run: all of it is in the interval.
             own[label] += sample.cpu_time
             children[label] += child or 0.0
-            if sample.io_rw_bytes is not None:
-                io_b[label] += sample.io_rw_bytes
-                io_ops[label] += sample.io_ops or 0
+            if sample.io_rw_counter is not None:
+                io_b[label] += sample.io_rw_counter
+                io_ops[label] += sample.io_cycles_counter or 0
         # else: running before the previous run but not seen by it (first
         # sight): counted from now on, never its past in one spike.
     if went_down:
@@ -239,8 +239,8 @@ def compute(
             log.info("partition %s: %.1f CPU s over %.0f s is above %d cores: capped", label, cpu, interval, ncpu)
             cpu = max_cpu
         cpu = max(cpu, 0.0)
-        if override is not None and override.io_bytes is not None:
-            rw, ops = override.io_bytes, override.io_ops
+        if override is not None and override.io_rw_counter is not None:
+            rw, ops = override.io_rw_counter, override.io_cycles_counter
         elif count[label] and label not in io_known:
             rw = ops = None  # no live process's IO counters readable (another user's, not root)
         else:
@@ -426,7 +426,7 @@ def cgroup_overrides(cgroups: dict[str, str], previous: dict | None, reboot: boo
         except CgroupError as exc:
             problems.append(f"partition {label}: {exc}; its processes are counted instead")
             continue
-        state[label] = {"path": path, "cpu": reading.cpu_usec, "io": [reading.io_bytes, reading.io_ops]}
+        state[label] = {"path": path, "cpu": reading.cpu_usec, "io": [reading.io_rw_counter, reading.io_cycles_counter]}
         before = previous.get(label)
         if not before or before.get("path") != path:
             overrides[label] = Override(reading.kind, None)
@@ -439,11 +439,11 @@ def cgroup_overrides(cgroups: dict[str, str], previous: dict | None, reboot: boo
             cpu = reading.cpu_usec
         io_bytes = io_ops = None
         prev_io = before.get("io") or [None, None]
-        if reading.io_bytes is not None and prev_io[0] is not None and not reboot:
-            io_bytes, io_ops = reading.io_bytes - prev_io[0], reading.io_ops - prev_io[1]
+        if reading.io_rw_counter is not None and prev_io[0] is not None and not reboot:
+            io_bytes, io_ops = reading.io_rw_counter - prev_io[0], reading.io_cycles_counter - prev_io[1]
             if io_bytes < 0 or io_ops < 0:
-                io_bytes, io_ops = reading.io_bytes, reading.io_ops
-        elif reading.io_bytes is not None and reboot:
-            io_bytes, io_ops = reading.io_bytes, reading.io_ops
+                io_bytes, io_ops = reading.io_rw_counter, reading.io_cycles_counter
+        elif reading.io_rw_counter is not None and reboot:
+            io_bytes, io_ops = reading.io_rw_counter, reading.io_cycles_counter
         overrides[label] = Override(reading.kind, cpu / 1e6, io_bytes, io_ops)
     return overrides, state

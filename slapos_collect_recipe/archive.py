@@ -218,7 +218,7 @@ def _dump_table(store: Store, data_dir: Path, handle, archive: ArchiveWriter, ta
     span = store.unreported_rowid_range(table, day)
     if span is None:
         return 0
-    low, high = span[0], min(span[1], limit)
+    low, high = span.low, min(span.high, limit)
     total = store.count_unreported(table, day) if progress is not None else 0
     helper = None
     end = high

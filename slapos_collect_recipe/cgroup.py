@@ -91,8 +91,8 @@ def parse_keyed(text: str) -> dict[str, int]:
 class Reading:
     kind: str  # cgroup-v2 | cgroup-v1
     cpu_usec: int  # user + system, since the cgroup was created
-    io_bytes: int | None  # read + written, None where the IO controller's counters are missing
-    io_ops: int | None
+    io_rw_counter: int | None  # read + written, None where the IO controller's counters are missing
+    io_cycles_counter: int | None
 
 
 def _v2_io(directory: str) -> tuple[int | None, int | None]:

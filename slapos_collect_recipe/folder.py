@@ -21,6 +21,7 @@ from . import config, lock
 from .config import CollectSettings, Partition
 from .datafiles import DB_NAME, FOLDER_LOCK
 from .settings import Setting, add_flags, resolve
+from .snapshot import FolderSample
 from .store import BACKGROUND_TIMEOUT, Store
 
 log = logging.getLogger("slapos_collect")
@@ -102,7 +103,7 @@ def measure_due(settings: CollectSettings, force: bool = False) -> int:
         size_kib = folder_size(part.path) // 1024
         stamp = time.gmtime()
         with Store(settings.data_dir / DB_NAME, timeout=BACKGROUND_TIMEOUT) as store, store.transaction():
-            store.insert("folder", [(part.label, size_kib)],
+            store.insert("folder", [FolderSample(part.label, size_kib).row()],
                          time.strftime("%Y-%m-%d", stamp), time.strftime("%H:%M:%S", stamp))
             last = store.get_state(STATE_KEY, {})
             last[part.label] = time.time()

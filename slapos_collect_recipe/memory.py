@@ -96,7 +96,7 @@ def _on_cgroup_fs(path: str) -> bool:
     return kind is None or kind in cgroup.CGROUP_FILESYSTEMS
 
 
-def cgroup_memory(path: str, pids: Iterable[int] | None = None) -> Figure | None:
+def cgroup_memory(path: str, pids: Iterable[int] | None = None, proc_root: str = "/proc") -> Figure | None:
     """The working set of the cgroup at ``path``, or None when it has no
     memory controller (or cannot be read: the CPU sampler reports that).
 
@@ -107,7 +107,7 @@ def cgroup_memory(path: str, pids: Iterable[int] | None = None) -> Figure | None
     directory = _memory_dir(path)
     if directory is None:
         return None
-    if directory != path and not _in_v1_memory_cgroup(directory, pids or ()):
+    if directory != path and not _in_v1_memory_cgroup(directory, pids or (), proc_root):
         log.debug("cgroup %s: %s holds none of the partition's processes: not its memory", path, directory)
         return None
     v2 = os.path.exists(os.path.join(directory, "memory.current"))
@@ -204,7 +204,7 @@ def fill(
     for entry in usage:
         members = by_label.get(entry.partition, [])
         path = cgroups.get(entry.partition)
-        figure = cgroup_memory(path, [p.pid for p in members]) if path and _on_cgroup_fs(path) else None
+        figure = cgroup_memory(path, [p.pid for p in members], proc_root) if path and _on_cgroup_fs(path) else None
         if figure is not None:
             entry.memory_used, entry.memory_source = figure.used, figure.source
             continue

@@ -5,7 +5,8 @@ and keeps nothing between scrapes: Prometheus sees exactly what the store holds.
 System figures use node_exporter's names (so existing dashboards and alerts
 apply); partitions get ``slapos_partition_*`` families labelled by partition:
 gauges from the latest ``partition_usage`` run, counters from the store's
-running sums of it (``partition_counters``), which only go up.
+running sums of it (``partition_counters``), which only go up: both read by
+``latest``, which the dashboard's ``/api/partitions`` serves too.
 Base units throughout (bytes, seconds); no pid labels (unbounded cardinality).
 """
 
@@ -23,22 +24,14 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from .datafiles import BENCH_STATUS, DB_NAME
-from .report import measured_totals
+from .datafiles import BENCH_STATUS
+from .latest import COUNTER_KEYS, current_partitions, latest_usage, open_store, partition_counters
+from .latest import number as _number
 from .store import Store
 
 log = logging.getLogger("slapos_collect")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-
-def _number(value: Any) -> float | None:
-    """A finite float from a store value (disk sizes are stored as text)."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if number == number and number not in (float("inf"), float("-inf")) else None
 
 
 def _labelled(family: Metric, values: Iterable[tuple[str, Any]]) -> Iterator[Metric]:
@@ -59,92 +52,21 @@ def _stamp_seconds(date: str, time_: str) -> float | None:
         return None
 
 
-def open_store(data_dir: Path) -> Store | None:
-    """A read-only connection to the data dir's store, or None when there is none yet."""
-    path = Path(data_dir) / DB_NAME
-    if not path.is_file():
-        return None
-    return Store(path, readonly=True, timeout=5.0)
-
-
-# partition_usage column -> key of current_partitions (one run's figures, for the interval
-# since the previous run; None where not measured).
-USAGE_KEYS = {
-    "processes": "processes", "ended": "ended", "cpu_percent": "cpu_percent", "cpu_time": "cpu_seconds",
-    "memory_used": "memory_used_bytes", "memory_rss": "resident_bytes",
-    "io_rw_counter": "io_bytes", "io_cycles_counter": "io_ops",
-    "net_in_bytes": "net_in_bytes", "net_out_bytes": "net_out_bytes",
-    "net_in_packets": "net_in_packets", "net_out_packets": "net_out_packets",
-    "source": "source", "memory_source": "memory_source", "net_source": "net_source",
-}
-# store.COUNTERS column -> (current_partitions key, metric family, help): the running sums
-# since the store began, which only go up.
+# store.COUNTERS column -> (metric family, help) of the running sums since the store began,
+# which only go up (the values: latest.partition_counters, by latest.COUNTER_KEYS).
 COUNTER_FAMILIES = {
-    "cpu_time": ("cpu_seconds_total", "slapos_partition_cpu_seconds",
+    "cpu_time": ("slapos_partition_cpu_seconds",
                  "CPU time (user + system) of the partition's processes, ended ones included"),
-    "io_rw_counter": ("io_bytes_total", "slapos_partition_io_bytes",
+    "io_rw_counter": ("slapos_partition_io_bytes",
                       "Bytes read and written by the partition's processes, ended ones included"),
-    "io_cycles_counter": ("io_ops_total", "slapos_partition_io_ops",
+    "io_cycles_counter": ("slapos_partition_io_ops",
                           "Read and write operations of the partition's processes, ended ones included"),
-    "ended": ("ended_total", "slapos_partition_ended_processes",
-              "Processes of the partition known to have ended"),
-    "net_in_bytes": ("net_in_bytes_total", "slapos_partition_network_receive_bytes",
-                     "IP bytes (headers included) received by the partition"),
-    "net_out_bytes": ("net_out_bytes_total", "slapos_partition_network_transmit_bytes",
-                      "IP bytes (headers included) sent by the partition"),
-    "net_in_packets": ("net_in_packets_total", "slapos_partition_network_receive_packets",
-                       "IP packets received by the partition"),
-    "net_out_packets": ("net_out_packets_total", "slapos_partition_network_transmit_packets",
-                        "IP packets sent by the partition"),
+    "ended": ("slapos_partition_ended_processes", "Processes of the partition known to have ended"),
+    "net_in_bytes": ("slapos_partition_network_receive_bytes", "IP bytes (headers included) received by the partition"),
+    "net_out_bytes": ("slapos_partition_network_transmit_bytes", "IP bytes (headers included) sent by the partition"),
+    "net_in_packets": ("slapos_partition_network_receive_packets", "IP packets received by the partition"),
+    "net_out_packets": ("slapos_partition_network_transmit_packets", "IP packets sent by the partition"),
 }
-
-
-def partition_counters(store: Store, latest: dict[str, sqlite3.Row]) -> dict[str, dict[str, float]]:
-    """``partition -> {counter key: running sum}`` (``COUNTER_FAMILIES``' keys) of every
-    partition the store ever counted, a figure never measured left out."""
-    return {part: {COUNTER_FAMILIES[column][0]: value for column, value in sums.items()}
-            for part, sums in measured_totals(store, latest).items()}
-
-
-def latest_usage(store: Store) -> tuple[tuple[str, str] | None, dict[str, sqlite3.Row]]:
-    """The stamp of the latest run in ``partition_usage`` and its rows by partition
-    (none in a store of an older version, not yet upgraded by the collector)."""
-    stamp = store.latest_stamp("partition_usage") if store.has_table("partition_usage") else None
-    return stamp, {row["partition"]: row for row in store.rows_at("partition_usage", *stamp)} if stamp else {}
-
-
-def current_partitions(store: Store, usage: tuple[tuple[str, str] | None, dict[str, sqlite3.Row]] | None = None,
-                       counters: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
-    """The partitions' consumption in the latest run (``partition_usage``), with the
-    running counters, threads (``user`` rows of that run), the share of the
-    machine's memory and the folder size (dashboard table, metrics). ``usage``
-    and ``counters``: what ``latest_usage`` and ``partition_counters`` gave, when
-    the caller already read them."""
-    stamp, latest = usage if usage is not None else latest_usage(store)
-    if counters is None:
-        counters = partition_counters(store, latest)
-    threads = {row["partition"]: row["threads"] for row in store.partition_totals(*stamp)} if stamp else {}
-    computers = store.latest_rows("computer")
-    machine = _number(computers[0]["memory_size"]) if computers else None
-    partitions: dict[str, dict[str, Any]] = {}
-    for part, row in latest.items():
-        figures = {key: row[column] for column, key in USAGE_KEYS.items()}
-        figures["threads"] = threads.get(part, 0.0)
-        used = _number(row["memory_used"] if row["memory_used"] is not None else row["memory_rss"])
-        figures["memory_percent"] = 100.0 * used / machine if used is not None and machine else None
-        partitions[part] = figures
-    for part, totals in counters.items():
-        if part in partitions:
-            partitions[part].update(totals)
-    for part, kib in store.latest_folder_sizes().items():
-        size = _number(kib)
-        if size is not None:
-            partitions.setdefault(part, {})["folder_bytes"] = size * 1024
-    return {
-        "date": stamp[0] if stamp else None,
-        "time": stamp[1] if stamp else None,
-        "partitions": [{"partition": name, **figures} for name, figures in sorted(partitions.items())],
-    }
 
 
 def read_benchmark_status(data_dir: Path) -> dict[str, Any] | None:
@@ -269,7 +191,7 @@ class StoreCollector:
 
     def _partitions(self, store: Store) -> Iterator[Metric]:
         usage = latest_usage(store)
-        counters = partition_counters(store, usage[1])
+        counters = partition_counters(store, usage.rows)
         current = current_partitions(store, usage, counters)["partitions"]
         specs = (
             ("slapos_partition_cpu_percent",
@@ -289,28 +211,29 @@ class StoreCollector:
         for name, help_text, key in specs:
             yield from _labelled(GaugeMetricFamily(name, help_text, labels=["partition"]),
                                  ((part["partition"], part.get(key)) for part in current))
-        for key, name, help_text in COUNTER_FAMILIES.values():
+        for column, (name, help_text) in COUNTER_FAMILIES.items():
+            key = COUNTER_KEYS[column]
             yield from _labelled(CounterMetricFamily(name, help_text, labels=["partition"]),
                                  ((part, figures.get(key)) for part, figures in sorted(counters.items())))
 
     def _benchmarks(self, store: Store) -> Iterator[Metric]:
-        rows = [(name, value, unit) for name, (value, unit, _, _) in sorted(store.benchmark_latest_runs().items())]
-        if not rows:
+        runs = sorted(store.benchmark_latest_runs().items())
+        if not runs:
             return
         family = GaugeMetricFamily("slapos_benchmark_value", "Latest result of each machine benchmark",
                                    labels=["name", "unit"])
         spread = GaugeMetricFamily("slapos_benchmark_spread_percent",
                                    "Spread of the latest result's repeats (median absolute deviation over the median)",
                                    labels=["name"])
-        for name, value, unit in rows:
-            number = _number(value)
+        for name, run in runs:
+            number = _number(run.value)
             if number is None:
                 continue
             name = str(name)
             if name.endswith("_spread"):
                 spread.add_metric([name.removesuffix("_spread")], number)
             else:
-                family.add_metric([name, str(unit or "")], number)
+                family.add_metric([name, str(run.unit or "")], number)
         yield family
         if spread.samples:
             yield spread
@@ -326,13 +249,13 @@ class StoreCollector:
                                    labels=["chip", "sensor"])
         alarm = GaugeMetricFamily("node_hwmon_temp_alarm", "1 when the temperature is above the sensor's "
                                   "high or critical mark", labels=["chip", "sensor"])
-        for sensor_id, value, above in rows:
-            number = _number(value)
+        for row in rows:
+            number = _number(row.temperature)
             if number is None:
                 continue
-            chip, _, sensor = str(sensor_id).partition("/")
+            chip, _, sensor = str(row.sensor_id).partition("/")
             family.add_metric([chip, sensor], number)
-            alarm.add_metric([chip, sensor], 1.0 if above else 0.0)
+            alarm.add_metric([chip, sensor], 1.0 if row.alarm else 0.0)
         yield family
         yield alarm
 

@@ -155,7 +155,7 @@ def series(store: Store) -> tuple[str, dict[str, str]] | None:
                 values[f"{PARTITION_PREFIX}{figure}_{label}"] = format_value(value / divisor)
     for row in store.rows_at("temperature", *stamp):  # none on a machine without sensors
         values[temperature_file_stem(row["sensor_id"] or "")] = format_value(row["temperature"])
-    return f"{stamp[0]} {stamp[1]}", values
+    return f"{stamp.date} {stamp.time}", values
 
 
 def _last_line(path: Path) -> bytes | None:

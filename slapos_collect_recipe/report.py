@@ -31,7 +31,9 @@ from .datafiles import MONITOR_NETWORK_DATA as NETWORK_DATA
 from .datafiles import MONITOR_PROCESS_DATA as PROCESS_DATA
 from .datafiles import MONITOR_PROCESS_STATUS as PROCESS_STATUS
 from .datafiles import MONITOR_STATUS as STATUS
-from .store import COUNTERS, Store
+from .latest import measured_totals
+from .store import Store
+from .tables import PartitionTotals
 
 log = logging.getLogger("slapos_collect")
 
@@ -96,22 +98,23 @@ def consumption_journal(store: Store, day: str, computer_id: str) -> bytes:
         _text(transaction, tag, "")
     ET.SubElement(transaction, "arrow", {"type": "Destination"})
 
-    runs, cpu, memory = store.day_system_averages(day)
-    if cpu is not None:
+    system = store.day_system_averages(day)
+    if system.cpu_percent is not None:
         _movement(transaction, "service_module/cpu_load_percent", "CPU Load Percent Average (%)",
-                  computer_id, cpu)
-    if memory is not None:
-        _movement(transaction, "service_module/memory_used", "Used Memory (MiB)", computer_id, memory / MIB)
-    usage_runs, usage = store.day_usage_sums(day)
-    if usage_runs:
-        cpu_avg = {part: row["cpu_percent"] / usage_runs for part, row in usage.items()}
-        memory_avg = {part: row["memory"] / usage_runs for part, row in usage.items() if row["memory_rows"]}
+                  computer_id, system.cpu_percent)
+    if system.memory_used is not None:
+        _movement(transaction, "service_module/memory_used", "Used Memory (MiB)", computer_id,
+                  system.memory_used / MIB)
+    usage = store.day_usage_sums(day)
+    if usage.runs:
+        cpu_avg = {part: sums.cpu_percent / usage.runs for part, sums in usage.partitions.items()}
+        memory_avg = {part: sums.memory_used / usage.runs for part, sums in usage.partitions.items()
+                      if sums.memory_used_rows}
     else:
-        sums = store.day_partition_sums(day)
-        if sums and not runs:
-            runs = store.day_user_runs(day)
-        cpu_avg = {part: cpu_sum / runs for part, (cpu_sum, _) in sums.items()}
-        memory_avg = {part: rss_sum / runs for part, (_, rss_sum) in sums.items()}
+        by_part = store.day_partition_sums(day)
+        runs = system.runs if system.runs or not by_part else store.day_user_runs(day)
+        cpu_avg = {part: sums.cpu_percent / runs for part, sums in by_part.items()}
+        memory_avg = {part: sums.memory_rss / runs for part, sums in by_part.items()}
     for part, value in cpu_avg.items():
         _movement(transaction, "service_module/cpu_load_percent",
                   f"CPU Load Percent Average for {part} (%)", part, value)
@@ -266,28 +269,12 @@ def _process_date(process: str) -> str | None:
     return _stamp(created)
 
 
-def measured_totals(store: Store, latest: dict[str, sqlite3.Row]) -> dict[str, dict[str, float]]:
-    """``partition -> {column: running sum}`` of ``store.COUNTERS`` since the store
-    began (they only go up), for every partition ever counted. A figure is left
-    out when its sum never grew and the latest run (``latest``: its
-    ``partition_usage`` rows by partition) did not measure it: a sum of NULLs
-    is "not measured", not a 0."""
-    totals: dict[str, dict[str, float]] = {}
-    for part, row in store.partition_counters().items():
-        last = latest.get(part)
-        figures = {column: float(row[column]) for column in COUNTERS
-                   if row[column] > 0 or (last is not None and last[column] is not None)}
-        if figures:
-            totals[part] = figures
-    return totals
-
-
 def monitor_status(store: Store, partition: str, date: str, time_: str, usage: sqlite3.Row | None,
-                   sums: sqlite3.Row | None, totals: dict[str, float], disk_kib: float | None,
+                   sums: PartitionTotals | None, totals: dict[str, float], disk_kib: float | None,
                    machine_memory: float | None) -> tuple[dict, dict, dict, dict, list[dict]]:
     """The process, memory, IO and network dicts and the per-process list of one
     run. ``usage``: the partition's ``partition_usage`` row of the run; ``sums``:
-    its row of ``Store.partition_totals`` (threads, and memory % without the
+    its sums of ``Store.partition_totals`` (threads, and memory % without the
     machine's size); ``totals``: its running sums (``measured_totals``). CPU time,
     IO and network are totals since the store began (they only go up); a
     figure not measured is absent."""
@@ -295,13 +282,13 @@ def monitor_status(store: Store, partition: str, date: str, time_: str, usage: s
     count = usage["processes"] if usage else 0
     process = {"total_process": count, "cpu_percent": _number(usage["cpu_percent"] if usage else 0),
                "cpu_time": _number(totals.get("cpu_time", 0.0) / 60.0),
-               "cpu_num_threads": _number(sums["threads"] if sums else 0), "date": stamp}
+               "cpu_num_threads": _number(sums.cpu_num_threads if sums else 0), "date": stamp}
     rss = usage["memory_rss"] if usage else None
     used = usage["memory_used"] if usage and usage["memory_used"] is not None else rss
     if used is not None and machine_memory:
         percent = 100.0 * used / machine_memory
     else:
-        percent = sums["memory_percent"] if sums else 0
+        percent = sums.memory_percent if sums else 0
     memory = {"memory_percent": _number(percent), "memory_used": _number((used or 0) / MIB),
               "memory_rss": _number((rss or 0) / MIB), "date": stamp}
     io = {"io_rw_counter": _number(totals["io_rw_counter"]), "io_cycles_counter": _number(
@@ -311,12 +298,12 @@ def monitor_status(store: Store, partition: str, date: str, time_: str, usage: s
     if network:
         network["date"] = stamp
     processes = []
-    for pid, proc, p_cpu, p_time, p_threads, p_mem, p_rss, p_rw, p_cycles in store.run_processes(partition, date, time_):
-        entry = {"pid": int(pid) if pid is not None else None, "cpu_percent": _number(p_cpu),
-                 "cpu_time": _number((p_time or 0) / 60.0), "cpu_num_threads": _number(p_threads),
-                 "memory_percent": _number(p_mem), "memory_rss": _number((p_rss or 0) / MIB),
-                 "io_rw_counter": _number(p_rw), "io_cycles_counter": _number(p_cycles)}
-        created = _process_date(proc)
+    for proc in store.run_processes(partition, date, time_):
+        entry = {"pid": int(proc.pid) if proc.pid is not None else None, "cpu_percent": _number(proc.cpu_percent),
+                 "cpu_time": _number((proc.cpu_time or 0) / 60.0), "cpu_num_threads": _number(proc.cpu_num_threads),
+                 "memory_percent": _number(proc.memory_percent), "memory_rss": _number((proc.memory_rss or 0) / MIB),
+                 "io_rw_counter": _number(proc.io_rw_counter), "io_cycles_counter": _number(proc.io_cycles_counter)}
+        created = _process_date(proc.process)
         if created:
             entry["date"] = created
         processes.append(entry)
@@ -338,7 +325,7 @@ def publish_monitor(store: Store, partitions: Iterable[Partition], now: float | 
     if stamp is None:
         return []
     usage = {row["partition"]: row for row in store.rows_at("partition_usage", *stamp)}
-    all_sums = {row["partition"]: row for row in store.partition_totals(*stamp)}
+    all_sums = {sums.partition: sums for sums in store.partition_totals(*stamp)}
     totals = measured_totals(store, usage)
     computers = store.rows_at("computer", *stamp)
     machine_memory = computers[0]["memory_size"] if computers else None

@@ -4,6 +4,9 @@ Nothing here blocks to measure CPU: a process's CPU % is the CPU time it used
 since the previous run over the wall time since then (100 = one full core),
 for the same identity (pid + creation time); the system's likewise from the
 kernel's counters. The previous run's figures come from the caller.
+
+The direct reads of ``/proc`` take its root as ``proc_root`` (as psutil's
+``PROCFS_PATH`` does), so that they can be tried on the tree of another kernel.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import logging
 import os
 import time
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import psutil
 
@@ -34,23 +38,31 @@ log = logging.getLogger("slapos_collect")
 # as idle too); guest time is already inside user/nice on Linux.
 _IDLE = ("idle", "iowait")
 _NOT_IN_TOTAL = ("guest", "guest_nice")
+PROC_ROOT = "/proc"
 
 
-def _proc_owner_and_dirs(pid: int, want_dirs: bool) -> tuple[int, str | None, str | None]:
+def _proc_owner_and_dirs(pid: int, want_dirs: bool, proc_root: str = PROC_ROOT) -> tuple[int, str | None, str | None]:
     """uid of a process, and when asked its cwd and executable (None if unreadable)."""
-    uid = os.stat(f"/proc/{pid}").st_uid
+    uid = os.stat(f"{proc_root}/{pid}").st_uid
     if not want_dirs:
         return uid, None, None
     cwd = exe = None
     try:
-        cwd = os.readlink(f"/proc/{pid}/cwd")
+        cwd = os.readlink(f"{proc_root}/{pid}/cwd")
     except OSError:
         pass
     try:
-        exe = os.readlink(f"/proc/{pid}/exe")
+        exe = os.readlink(f"{proc_root}/{pid}/exe")
     except OSError:
         pass
     return uid, cwd, exe
+
+
+def _pids(proc_root: str) -> list[int]:
+    """Every pid, in order: the numeric entries of ``proc_root`` (psutil's where there is no Linux /proc)."""
+    if not _HAVE_PROC and proc_root == PROC_ROOT:
+        return psutil.pids()
+    return sorted(int(name) for name in os.listdir(proc_root) if name.isdigit())
 
 
 def _under(path: str | None, roots: list[tuple[str, str]]) -> str | None:
@@ -63,7 +75,7 @@ def _under(path: str | None, roots: list[tuple[str, str]]) -> str | None:
     return None
 
 
-def find_processes(partitions: Iterable[Partition]) -> list[tuple[int, str]]:
+def find_processes(partitions: Iterable[Partition], proc_root: str = PROC_ROOT) -> list[tuple[int, str]]:
     """``(pid, partition label)`` of every process that belongs to a partition.
 
     A partition with a uid owns the processes running as that user; one
@@ -77,11 +89,11 @@ def find_processes(partitions: Iterable[Partition]) -> list[tuple[int, str]]:
     )
     me = os.getpid()
     found: list[tuple[int, str]] = []
-    for pid in psutil.pids():
+    for pid in _pids(proc_root):
         if pid == me:
             continue
         try:
-            uid, cwd, exe = _proc_owner_and_dirs(pid, bool(roots))
+            uid, cwd, exe = _proc_owner_and_dirs(pid, bool(roots), proc_root)
         except OSError:
             continue  # vanished
         label = by_uid.get(uid)
@@ -94,19 +106,26 @@ def find_processes(partitions: Iterable[Partition]) -> list[tuple[int, str]]:
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-_HAVE_PROC = os.path.exists("/proc/self/stat")
+_HAVE_PROC = os.path.exists(f"{PROC_ROOT}/self/stat")
+# A process's IO counters that no one can read: a kernel without IO accounting
+# (CONFIG_TASK_IO_ACCOUNTING off: no /proc/<pid>/io). Stored as NULL, as unknown.
+_NO_IO: tuple[None, None] = (None, None)
+if TYPE_CHECKING:  # what a reader gives: create_time, cpu_time, threads, rss, io, ppid, children's CPU
+    _Reading = tuple[float, float, int, int, tuple[int, int] | tuple[None, None] | None, int, float | None]
 
 
-def _read_linux(pid: int, boot_time: float) -> tuple[float, float, int, int, int | None, int | None, int, float]:
-    """create_time, cpu_time, threads, rss, io bytes, io ops, ppid and
-    children's CPU time (reaped children's cutime + cstime) of a process.
+def _read_linux(pid: int, boot_time: float, proc_root: str = PROC_ROOT) -> _Reading:
+    """create_time, cpu_time, threads, rss, io, ppid and children's CPU time
+    (reaped children's cutime + cstime) of a process; ``io`` is ``(bytes read
+    and written, read and write operations)``, None when another user's
+    counters may not be read (not root), ``_NO_IO`` when the kernel keeps none.
 
     Linux only: two reads (``/proc/<pid>/stat`` and ``/proc/<pid>/io``) where
     psutil's ``oneshot()`` makes four, with psutil's own formulas, so the
     figures and the identity are the same as psutil's. This loop runs every
     minute for thousands of processes. Raises ``FileNotFoundError`` or
     ``ProcessLookupError`` when the process is gone."""
-    with open(f"/proc/{pid}/stat", "rb") as handle:
+    with open(f"{proc_root}/{pid}/stat", "rb") as handle:
         data = handle.read()
     # The command name (field 2) may hold spaces and parentheses: skip past the last ')'.
     fields = data[data.rfind(b")") + 2:].split()
@@ -114,33 +133,44 @@ def _read_linux(pid: int, boot_time: float) -> tuple[float, float, int, int, int
     create_time = int(fields[19]) / _CLOCK_TICKS + boot_time
     threads = int(fields[17])
     rss = int(fields[21]) * _PAGE_SIZE
+    io: tuple[int, int] | tuple[None, None] | None
     try:
-        with open(f"/proc/{pid}/io", "rb") as handle:
-            io = dict(line.split(b": ", 1) for line in handle.read().splitlines() if b": " in line)
-        io_bytes = int(io[b"read_bytes"]) + int(io[b"write_bytes"])
-        io_ops = int(io[b"syscr"]) + int(io[b"syscw"])
+        with open(f"{proc_root}/{pid}/io", "rb") as handle:
+            counters = dict(line.split(b": ", 1) for line in handle.read().splitlines() if b": " in line)
+        io = (int(counters[b"read_bytes"]) + int(counters[b"write_bytes"]),
+              int(counters[b"syscr"]) + int(counters[b"syscw"]))
     except PermissionError:
-        io_bytes = io_ops = None
-    return (create_time, cpu_time, threads, rss, io_bytes, io_ops, int(fields[1]),
+        io = None
+    except FileNotFoundError:
+        # As psutil tells them apart: the process is gone when its stat went
+        # too; else it lives on a kernel without IO accounting.
+        if not os.path.exists(f"{proc_root}/{pid}/stat"):
+            raise
+        io = _NO_IO
+    except (KeyError, ValueError):  # a file without the counters (psutil raises): unknown, the process kept
+        io = _NO_IO
+    return (create_time, cpu_time, threads, rss, io, int(fields[1]),
             (int(fields[13]) + int(fields[14])) / _CLOCK_TICKS)
 
 
-def _read_psutil(pid: int, boot_time: float) -> tuple[float, float, int, int, int | None, int | None, int,
-                                                      float | None]:
+def _read_psutil(pid: int, boot_time: float, proc_root: str = PROC_ROOT) -> _Reading:
     """The same figures through psutil, where there is no Linux /proc."""
     proc = psutil.Process(pid)
     with proc.oneshot():
         times = proc.cpu_times()
+        io: tuple[int, int] | tuple[None, None] | None
         try:
-            io = proc.io_counters()
-            io_bytes, io_ops = io.read_bytes + io.write_bytes, io.read_count + io.write_count
-        except (psutil.AccessDenied, AttributeError):
-            io_bytes = io_ops = None
+            counters = proc.io_counters()
+            io = (counters.read_bytes + counters.write_bytes, counters.read_count + counters.write_count)
+        except psutil.AccessDenied:
+            io = None
+        except AttributeError:  # psutil has no io_counters on this system
+            io = _NO_IO
         children = getattr(times, "children_user", None)
         if children is not None:
             children += getattr(times, "children_system", 0.0)
         return (proc.create_time(), times.user + times.system, proc.num_threads(), proc.memory_info().rss,
-                io_bytes, io_ops, proc.ppid(), children)
+                io, proc.ppid(), children)
 
 
 def sample_processes(
@@ -152,31 +182,37 @@ def sample_processes(
     max_percent: float,
     boot_time: float | None = None,
     kin: list[tuple[int, float | None]] | None = None,
+    proc_root: str = PROC_ROOT,
 ) -> tuple[list[ProcessSample], int, int]:
     """Sample each process; returns (samples, vanished count, not-fully-readable count).
 
-    ``kin``, when given, gets ``(ppid, children's CPU seconds)`` of each sample, in order."""
-    read = _read_linux if _HAVE_PROC else _read_psutil
+    ``kin``, when given, gets ``(ppid, children's CPU seconds)`` of each sample, in order.
+    A process whose IO the kernel does not count (no ``/proc/<pid>/io``) is
+    sampled with its IO unknown (None), neither vanished nor denied."""
+    read = _read_linux if _HAVE_PROC or proc_root != PROC_ROOT else _read_psutil
     if boot_time is None:
         boot_time = psutil.boot_time()
     samples: list[ProcessSample] = []
-    vanished = denied = 0
+    vanished = denied = no_io = 0
     interval = now - previous_epoch if previous_epoch else 0.0
     for pid, label in members:
         try:
-            create_time, cpu_time, threads, rss, io_bytes, io_ops, ppid, children = read(pid, boot_time)
+            create_time, cpu_time, threads, rss, io, ppid, children = read(pid, boot_time, proc_root)
         except (FileNotFoundError, ProcessLookupError, psutil.NoSuchProcess):
             vanished += 1
             continue
         except (PermissionError, psutil.AccessDenied):
             denied += 1
             continue
-        if io_bytes is None:
+        if io is None:
             denied += 1  # sampled as far as allowed: another user's IO counters
+            io = _NO_IO
+        elif io is _NO_IO:
+            no_io += 1
         sample = ProcessSample(
             partition=label, pid=pid, create_time=create_time, cpu_percent=0.0, cpu_time=cpu_time,
-            num_threads=threads, memory_percent=rss * 100.0 / memory_total if memory_total else 0.0,
-            memory_rss=rss, io_rw_bytes=io_bytes, io_ops=io_ops,
+            cpu_num_threads=threads, memory_percent=rss * 100.0 / memory_total if memory_total else 0.0,
+            memory_rss=rss, io_rw_counter=io[0], io_cycles_counter=io[1],
         )
         before = previous.get(sample.process)
         if before is not None and interval > 0 and cpu_time >= before:
@@ -189,6 +225,8 @@ def sample_processes(
         samples.append(sample)
         if kin is not None:
             kin.append((ppid, children))
+    if no_io:
+        log.debug("%d processes without IO counters (a kernel without IO accounting?): their IO is unknown", no_io)
     return samples, vanished, denied
 
 
@@ -210,9 +248,9 @@ def system_cpu_percent(times: dict[str, float], previous: dict | None, boot_time
     return round(min(max(busy * 100.0 / total, 0.0), 100.0), 2)
 
 
-def _cpu_model() -> str:
+def _cpu_model(proc_root: str = PROC_ROOT) -> str:
     try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+        with open(f"{proc_root}/cpuinfo", encoding="utf-8", errors="replace") as handle:
             for line in handle:
                 key, _, value = line.partition(":")
                 if key.strip() in ("model name", "Processor", "cpu model"):
@@ -243,7 +281,7 @@ def sample_disks() -> tuple[list[DiskSample], list[DiskIOSample]]:
         counters = {}
     seen: set[str] = set()
     for disk in disks:
-        name = os.path.basename(os.path.realpath(disk.device))
+        name = os.path.basename(os.path.realpath(disk.partition))
         io = counters.get(name)
         if io is None or name in seen:
             continue
@@ -401,22 +439,13 @@ def take(partitions: list[Partition], previous_state: dict | None, previous_cpu:
         cpu_type=_cpu_model(),
         memory_size=memory.total,
         memory_type="",
-        partition_list=";".join(f"{d.device}={d.total}" for d in disks),
+        partition_list=";".join(f"{d.partition}={d.total}" for d in disks),
     )
     return RunSnapshot(
-        date=time.strftime("%Y-%m-%d", stamp),
-        time=time.strftime("%H:%M:%S", stamp),
-        epoch=now,
-        processes=processes,
-        system=system,
-        computer=computer,
-        disks=disks,
-        disk_io=disk_io,
-        usage=usage,
+        date=time.strftime("%Y-%m-%d", stamp), time=time.strftime("%H:%M:%S", stamp), epoch=now,
+        processes=processes, system=system, computer=computer, disks=disks, disk_io=disk_io, usage=usage,
         temperatures=sample_temperatures(),
         cpu_state={"boot_time": boot_time, "cpu_times": cpu_times},
         state={accounting.STATE_KEY: usage_state, partition_memory.STATE_KEY: memory_state},
-        problems=problems,
-        vanished=vanished,
-        denied=denied,
+        problems=problems, vanished=vanished, denied=denied,
     )

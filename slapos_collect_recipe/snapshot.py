@@ -1,41 +1,59 @@
 """What one collection run saw: plain dataclasses, free of psutil and SQL.
 
-Each ``row()`` gives the values in the order of the table's own columns in
-``store.TABLES`` (the stamp columns are added by the store).
+Each sample stored as a row of a table names its figures as the table's
+columns (``tables.TABLES``): a field, or a property for a column derived from
+fields (``ProcessSample.process``). ``row()`` gives the values of the table's
+own columns in order (the stamp columns are added by the store), read by
+those names: a column added to ``TABLES`` without its attribute fails at once
+(``tests/test_snapshot.py`` checks every pair).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from operator import attrgetter
+from typing import ClassVar
+
+from .tables import TABLES
+
+
+class Row:
+    """A sample stored as one row of ``TABLE`` (given as ``class X(Row, table=...)``)."""
+
+    TABLE: ClassVar[str]
+    _values: ClassVar[attrgetter]
+
+    def __init_subclass__(cls, table: str, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.TABLE = table
+        cls._values = attrgetter(*(name for name, _ in TABLES[table]))  # every table has several columns
+
+    def row(self) -> tuple:
+        """The values of the table's own columns, in order."""
+        return self._values(self)
 
 
 @dataclass
-class ProcessSample:
+class ProcessSample(Row, table="user"):
     partition: str
     pid: int
     create_time: float
     cpu_percent: float
     cpu_time: float
-    num_threads: int
+    cpu_num_threads: int
     memory_percent: float
     memory_rss: int
-    io_rw_bytes: int | None
-    io_ops: int | None
+    io_rw_counter: int | None  # bytes read + written; None where unknown (another user's, no IO accounting)
+    io_cycles_counter: int | None  # read + write operations
 
     @property
     def process(self) -> str:
         """The identity stored in ``user.process``: pid and creation time, never a name."""
         return f"{self.pid}-{self.create_time:.2f}"
 
-    def row(self) -> tuple:
-        return (
-            self.partition, self.pid, self.process, self.cpu_percent, self.cpu_time, self.num_threads,
-            self.memory_percent, self.memory_rss, self.io_rw_bytes, self.io_ops,
-        )
-
 
 @dataclass
-class SystemSample:
+class SystemSample(Row, table="system"):
     loadavg: float
     cpu_percent: float
     memory_used: int
@@ -47,16 +65,9 @@ class SystemSample:
     net_out_errors: int
     net_out_dropped: int
 
-    def row(self) -> tuple:
-        return (
-            self.loadavg, self.cpu_percent, self.memory_used, self.memory_free,
-            self.net_in_bytes, self.net_in_errors, self.net_in_dropped,
-            self.net_out_bytes, self.net_out_errors, self.net_out_dropped,
-        )
-
 
 @dataclass
-class ComputerSample:
+class ComputerSample(Row, table="computer"):
     cpu_num_core: int
     cpu_frequency: float | None
     cpu_type: str
@@ -64,28 +75,26 @@ class ComputerSample:
     memory_type: str
     partition_list: str
 
-    def row(self) -> tuple:
-        return (
-            self.cpu_num_core, self.cpu_frequency, self.cpu_type,
-            self.memory_size, self.memory_type, self.partition_list,
-        )
-
 
 @dataclass
-class DiskSample:
-    device: str
+class DiskSample(Row, table="disk"):
+    """One mounted filesystem. The contract's ``used`` and ``free`` columns are
+    text: SQLite's text affinity stores the byte counts as their decimal text."""
+
+    partition: str  # the device (the contract's name for it)
     used: int
     free: int
     total: int
     mountpoints: list[str]
 
-    def row(self) -> tuple:
-        # The contract's columns are text: store the byte counts as decimal text.
-        return (self.device, str(self.used), str(self.free), ";".join(self.mountpoints))
+    @property
+    def mountpoint(self) -> str:
+        """Every mount point of the filesystem, ``;``-separated (column ``mountpoint``)."""
+        return ";".join(self.mountpoints)
 
 
 @dataclass
-class DiskIOSample:
+class DiskIOSample(Row, table="disk_io"):
     device: str
     read_bytes: int
     write_bytes: int
@@ -93,12 +102,9 @@ class DiskIOSample:
     write_count: int
     busy_time: int
 
-    def row(self) -> tuple:
-        return (self.device, self.read_bytes, self.write_bytes, self.read_count, self.write_count, self.busy_time)
-
 
 @dataclass
-class PartitionUsage:
+class PartitionUsage(Row, table="partition_usage"):
     """What one partition consumed since the previous run (``partition_usage``).
 
     ``cpu_time`` and the IO figures count processes that started and/or ended
@@ -123,22 +129,24 @@ class PartitionUsage:
     net_out_packets: int | None = None
     net_source: str | None = None
 
-    def row(self) -> tuple:
-        return (
-            self.partition, self.cpu_time, self.cpu_percent, self.processes, self.ended, self.memory_rss,
-            self.io_rw_counter, self.io_cycles_counter, self.source, self.memory_used, self.memory_source,
-            self.net_in_bytes, self.net_out_bytes, self.net_in_packets, self.net_out_packets, self.net_source,
-        )
+
+@dataclass
+class FolderSample(Row, table="folder"):
+    """A partition folder's size, measured in the background (``folder``)."""
+
+    partition: str
+    disk_used: int  # KiB, like ``du -s``
 
 
 @dataclass
-class TemperatureSample:
+class TemperatureSample(Row, table="temperature"):
     """One temperature sensor the kernel exposes (hwmon, or a thermal zone).
 
     ``sensor_id`` is ``<chip>/<sensor>``: the chip's hwmon name (or the
     thermal zone's type) and the sensor's label, ``temp<N>`` when it has none,
     ``#2``, ``#3`` after a label met again on a chip of the same name.
-    ``alarm`` when the reading is above the sensor's high or critical mark."""
+    ``alarm`` when the reading is above the sensor's high or critical mark
+    (stored as 1 or 0: a bool is an int to SQLite)."""
 
     chip: str
     sensor: str
@@ -150,9 +158,6 @@ class TemperatureSample:
     @property
     def sensor_id(self) -> str:
         return f"{self.chip}/{self.sensor}"
-
-    def row(self) -> tuple:
-        return (self.sensor_id, self.temperature, int(self.alarm))
 
 
 @dataclass

@@ -1,9 +1,14 @@
 """The SQLite store: the only module that speaks SQL.
 
-The tables ``user``, ``computer``, ``system`` and ``disk`` are a contract
-(their columns are those of the original design note, in that order); the
-others are ours. Every table ends with ``date, time, reported``. Identifiers
-come only from ``TABLES``; every value is a bound parameter.
+The tables and their columns are declared in ``tables`` (``user``,
+``computer``, ``system`` and ``disk`` are a contract: the original design
+note's columns, in that order); every table ends with ``date, time,
+reported``. Identifiers come only from ``TABLES``; every value is a bound
+parameter. A query's result is a named row (``tables``' NamedTuples, or
+``sqlite3.Row`` where callers look columns up by name), never a bare tuple.
+It stays one module of about 500 lines on purpose: every SQL statement on
+``collector.db`` is here (the declaration of the tables is ``tables``, the
+guard of the WAL's side files ``walfiles``).
 """
 
 from __future__ import annotations
@@ -22,6 +27,23 @@ from typing import TYPE_CHECKING
 from .datafiles import DB_NAME as DB_NAME
 from .datafiles import WAL_SUFFIXES, corrupt_name
 from .errors import CollectError
+from .tables import (
+    COUNTERS,
+    STAMP,
+    TABLES,
+    BenchmarkRun,
+    PartitionDay,
+    PartitionTotals,
+    ProcessRow,
+    RowidRange,
+    Stamp,
+    SystemDay,
+    Temperature,
+    UsageDay,
+    UsageDaySums,
+    columns,  # noqa: F401 (store.columns, as before: declared in tables)
+)
+from .walfiles import keep_wal_files
 
 if TYPE_CHECKING:  # typing is slow to import, and the collector starts every minute
     from typing import Any
@@ -33,114 +55,6 @@ log = logging.getLogger("slapos_collect")
 BACKGROUND_TIMEOUT = 600.0
 # Bump when _schema() changes: a store of an older version gets the new tables and indexes.
 SCHEMA_VERSION = 3
-
-# table -> its own columns (name, type), in order; STAMP columns follow.
-TABLES: dict[str, tuple[tuple[str, str], ...]] = {
-    "user": (
-        ("partition", "text"),
-        ("pid", "real"),
-        ("process", "text"),
-        ("cpu_percent", "real"),
-        ("cpu_time", "real"),
-        ("cpu_num_threads", "real"),
-        ("memory_percent", "real"),
-        ("memory_rss", "real"),
-        ("io_rw_counter", "real"),
-        ("io_cycles_counter", "real"),
-    ),
-    "folder": (
-        ("partition", "text"),
-        ("disk_used", "real"),
-    ),
-    "computer": (
-        ("cpu_num_core", "real"),
-        ("cpu_frequency", "real"),
-        ("cpu_type", "text"),
-        ("memory_size", "real"),
-        ("memory_type", "text"),
-        ("partition_list", "text"),
-    ),
-    "system": (
-        ("loadavg", "real"),
-        ("cpu_percent", "real"),
-        ("memory_used", "real"),
-        ("memory_free", "real"),
-        ("net_in_bytes", "real"),
-        ("net_in_errors", "real"),
-        ("net_in_dropped", "real"),
-        ("net_out_bytes", "real"),
-        ("net_out_errors", "real"),
-        ("net_out_dropped", "real"),
-    ),
-    "disk": (
-        ("partition", "text"),
-        ("used", "text"),
-        ("free", "text"),
-        ("mountpoint", "text"),
-    ),
-    # Per-disk IO counters (cumulative since boot), which the original drops.
-    "disk_io": (
-        ("device", "text"),
-        ("read_bytes", "real"),
-        ("write_bytes", "real"),
-        ("read_count", "real"),
-        ("write_count", "real"),
-        ("busy_time", "real"),
-    ),
-    # What each partition consumed since the previous run (snapshot.PartitionUsage),
-    # processes that ended in between included; ``source`` names the mechanism.
-    "partition_usage": (
-        ("partition", "text"),
-        ("cpu_time", "real"),
-        ("cpu_percent", "real"),
-        ("processes", "integer"),
-        ("ended", "integer"),
-        ("memory_rss", "real"),
-        ("io_rw_counter", "real"),
-        ("io_cycles_counter", "real"),
-        ("source", "text"),
-        ("memory_used", "real"),
-        ("memory_source", "text"),
-        ("net_in_bytes", "real"),
-        ("net_out_bytes", "real"),
-        ("net_in_packets", "real"),
-        ("net_out_packets", "real"),
-        ("net_source", "text"),
-    ),
-    # Machine degradation benchmarks (one row per figure).
-    "benchmark": (
-        ("name", "text"),
-        ("value", "real"),
-        ("unit", "text"),
-    ),
-    # The original's sensor tables, which its readers query (the journal reads
-    # heating.zero_emission_ratio): one row per temperature sensor per run
-    # (alarm 1 when above the sensor's high or critical mark); heating stays
-    # empty (the original's heating test is a separate experiment).
-    "temperature": (
-        ("sensor_id", "text"),
-        ("temperature", "real"),
-        ("alarm", "integer"),
-    ),
-    "heating": (
-        ("model_id", "text"),
-        ("sensor_id", "text"),
-        ("initial_temperature", "real"),
-        ("final_temperature", "real"),
-        ("delta_time", "real"),
-        ("zero_emission_ratio", "real"),
-    ),
-}
-STAMP = (("date", "text"), ("time", "text"), ("reported", "integer default 0"))
-# The running sums of partition_usage behind the /metrics counters: kept in
-# their own table (never dumped nor garbage-collected), so they only go up.
-COUNTERS = ("cpu_time", "io_rw_counter", "io_cycles_counter", "ended",
-            "net_in_bytes", "net_out_bytes", "net_in_packets", "net_out_packets")
-
-
-def columns(table: str) -> list[str]:
-    """Every column of ``table``, in order, stamp columns included."""
-    return [name for name, _ in TABLES[table] + STAMP]
 
 
 def describe_error(exc: sqlite3.Error, path: str | os.PathLike) -> str:
@@ -189,52 +103,6 @@ def _schema() -> list[str]:
     body = ", ".join(f"{name} real NOT NULL DEFAULT 0" for name in COUNTERS)
     statements.append(f"CREATE TABLE IF NOT EXISTS partition_counters (partition text PRIMARY KEY, {body})")
     return statements
-
-
-# -- the WAL's side files stay (readers without write access need them) -------
-
-# SQLite's lock bytes (os_unix.c): a reader holds a read lock in the SHARED range.
-_SHARED_FIRST = 0x40000000 + 2
-# One descriptor per database file, kept open for the process's life: closing
-# any descriptor of a file drops every POSIX lock this process holds on it,
-# SQLite connections' included.
-_GUARDS: dict[str, tuple[int, int]] = {}
-
-
-@contextmanager
-def _keep_wal_files(path: Path) -> Iterator[None]:
-    """Hold a read lock in SQLite's SHARED range while a connection closes.
-
-    The last connection to close a WAL database takes an exclusive lock, and
-    when it gets it, checkpoints and deletes ``-wal`` and ``-shm``; a reader
-    that may not write in the directory (a partition's user) then fails on
-    its first query ("attempt to write a readonly database"). SQLite's
-    persistent-WAL switch is not reachable from Python's sqlite3; an open file
-    description lock (F_OFD_SETLK) conflicts with SQLite's POSIX locks even in
-    this process, so the close finds the database shared and leaves both
-    files in place (the WAL was checkpointed and emptied just before)."""
-    import fcntl
-    import struct
-
-    key = str(path.absolute())
-    fd = None
-    try:
-        ino = os.stat(key).st_ino
-        fd, guarded_ino = _GUARDS.get(key, (None, None))
-        if fd is None or guarded_ino != ino:
-            if fd is not None:
-                os.close(fd)  # a replaced file (kept aside): no connection uses it
-            fd = os.open(key, os.O_RDONLY | os.O_CLOEXEC)
-            _GUARDS[key] = (fd, ino)
-        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack("hhqqi4x", fcntl.F_RDLCK, os.SEEK_SET, _SHARED_FIRST, 1, 0))
-    except (OSError, AttributeError):  # no OFD locks (not Linux): SQLite removes the files
-        fd = None
-    try:
-        yield
-    finally:
-        if fd is not None:
-            fcntl.fcntl(fd, fcntl.F_OFD_SETLK,
-                        struct.pack("hhqqi4x", fcntl.F_UNLCK, os.SEEK_SET, _SHARED_FIRST, 1, 0))
 
 
 def share_read_only(path: str | os.PathLike) -> None:
@@ -333,7 +201,7 @@ class Store:
         return cls(path), aside
 
     def close(self) -> None:
-        """Close; a writer leaves the WAL's side files in place (see ``_keep_wal_files``)."""
+        """Close; a writer leaves the WAL's side files in place (see ``walfiles.keep_wal_files``)."""
         if self.readonly:
             self.db.close()
             return
@@ -351,7 +219,7 @@ class Store:
             self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         except sqlite3.Error:
             pass
-        with _keep_wal_files(self.path):
+        with keep_wal_files(self.path):
             self.db.close()
 
     def __enter__(self) -> Store:
@@ -438,11 +306,11 @@ class Store:
             self.db.execute('SELECT process, cpu_time FROM "user" WHERE date = ? AND time = ?', (date, time_))
         )
 
-    def latest_stamp(self, table: str = "system") -> tuple[str, str] | None:
+    def latest_stamp(self, table: str = "system") -> Stamp | None:
         row = self.db.execute(
             f'SELECT date, time FROM "{_table(table)}" ORDER BY date DESC, time DESC LIMIT 1'
         ).fetchone()
-        return (row[0], row[1]) if row else None
+        return Stamp(*row) if row else None
 
     def rows_at(self, table: str, date: str, time_: str) -> list[sqlite3.Row]:
         """The rows of one run, as ``sqlite3.Row`` (access by column name)."""
@@ -458,10 +326,10 @@ class Store:
 
     # -- benchmarks (bench.py) --------------------------------------------
 
-    def benchmark_latest_runs(self) -> dict[str, tuple[float, str, str, str]]:
+    def benchmark_latest_runs(self) -> dict[str, BenchmarkRun]:
         """``name -> (value, unit, date, time)`` of each benchmark figure's latest row."""
         return {
-            name: (value, unit, date, time_) for name, value, unit, date, time_, _ in self.db.execute(
+            name: BenchmarkRun(value, unit, date, time_) for name, value, unit, date, time_, _ in self.db.execute(
                 'SELECT name, value, unit, date, time, max(date || \' \' || time) FROM "benchmark" GROUP BY name'
             )
         }
@@ -516,29 +384,23 @@ class Store:
 
     # -- serving (slapmonitor: metrics, dashboard, consistent copies) -------
 
-    def partition_totals(self, date: str, time_: str) -> list[sqlite3.Row]:
-        """Per partition, the sums over the processes of the run stamped date/time:
-        processes, threads, cpu_percent, cpu_time, memory_percent, memory_rss,
-        io_rw, io_cycles (one ``sqlite3.Row`` per partition, by label)."""
-        cursor = self.db.cursor()
-        cursor.row_factory = sqlite3.Row
-        return cursor.execute(
-            'SELECT partition, count(*) AS processes, total(cpu_num_threads) AS threads, '
-            'total(cpu_percent) AS cpu_percent, total(cpu_time) AS cpu_time, '
-            'total(memory_percent) AS memory_percent, total(memory_rss) AS memory_rss, '
-            'total(io_rw_counter) AS io_rw, total(io_cycles_counter) AS io_cycles '
+    def partition_totals(self, date: str, time_: str) -> list[PartitionTotals]:
+        """Per partition (by label), the sums over the processes of the run stamped date/time."""
+        return [PartitionTotals(*row) for row in self.db.execute(
+            'SELECT partition, count(*), total(cpu_num_threads), total(cpu_percent), total(cpu_time), '
+            'total(memory_percent), total(memory_rss), total(io_rw_counter), total(io_cycles_counter) '
             'FROM "user" WHERE date = ? AND time = ? GROUP BY partition ORDER BY partition',
             (date, time_),
-        ).fetchall()
+        )]
 
-    def latest_temperatures(self) -> list[tuple[str, float, int]]:
-        """``(sensor_id, temperature, alarm)`` of the latest run that stored temperatures."""
+    def latest_temperatures(self) -> list[Temperature]:
+        """The sensors of the latest run that stored temperatures."""
         stamp = self.latest_stamp("temperature") if self.has_table("temperature") else None
         if stamp is None:
             return []
-        return self.db.execute(
+        return [Temperature(*row) for row in self.db.execute(
             'SELECT sensor_id, temperature, alarm FROM "temperature" WHERE date = ? AND time = ? ORDER BY sensor_id',
-            stamp).fetchall()
+            stamp)]
 
     def latest_folder_sizes(self) -> dict[str, float]:
         """``partition -> disk_used`` (KiB) of each partition's latest folder row
@@ -562,30 +424,25 @@ class Store:
 
     # partition_usage readers (metrics, dashboard, journal, monitor JSON)
 
-    def day_usage_sums(self, day: str) -> tuple[int, dict[str, sqlite3.Row]]:
-        """The day's runs (distinct stamps) in ``partition_usage`` and, per partition,
-        ``cpu_percent`` (sum) and ``memory`` (sum of ``memory_used``, its ``memory_rss``
-        where NULL; ``memory_rows`` the rows that had either), by label."""
+    def day_usage_sums(self, day: str) -> UsageDay:
+        """The day's runs in ``partition_usage`` and each partition's sums (see ``UsageDay``)."""
         (runs,) = self.db.execute(
             "SELECT count(DISTINCT time) FROM partition_usage WHERE date = ?", (day,)).fetchone()
-        cursor = self.db.cursor()
-        cursor.row_factory = sqlite3.Row
-        return runs, {row["partition"]: row for row in cursor.execute(
-            "SELECT partition, total(cpu_percent) AS cpu_percent, "
-            "total(coalesce(memory_used, memory_rss)) AS memory, "
-            "count(coalesce(memory_used, memory_rss)) AS memory_rows "
-            "FROM partition_usage WHERE date = ? GROUP BY partition ORDER BY partition", (day,))}
+        return UsageDay(runs, {row[0]: UsageDaySums(*row) for row in self.db.execute(
+            "SELECT partition, total(cpu_percent), total(coalesce(memory_used, memory_rss)), "
+            "count(coalesce(memory_used, memory_rss)) "
+            "FROM partition_usage WHERE date = ? GROUP BY partition ORDER BY partition", (day,))})
 
     # -- publishing (realtime CSVs, daily dumps, consumption reports) -------
 
-    def previous_stamp(self, table: str, date: str, time_: str) -> tuple[str, str] | None:
+    def previous_stamp(self, table: str, date: str, time_: str) -> Stamp | None:
         """The stamp of the run just before date/time in ``table``."""
         row = self.db.execute(
             f'SELECT date, time FROM "{_table(table)}" WHERE date < ? OR (date = ? AND time < ?) '
             "ORDER BY date DESC, time DESC LIMIT 1",
             (date, date, time_),
         ).fetchone()
-        return (row[0], row[1]) if row else None
+        return Stamp(*row) if row else None
 
     def unreported_limits(self, day: str) -> dict[str, int]:
         """``table -> highest rowid`` of the day's unreported rows (tables with none left out)."""
@@ -633,25 +490,24 @@ class Store:
                 data = b"\r\n".join([line for (line,) in self.db.execute(slow, (day, first, last))])
             yield count, data + b"\r\n"
 
-    def unreported_rowid_range(self, table: str, day: str) -> tuple[int, int] | None:
+    def unreported_rowid_range(self, table: str, day: str) -> RowidRange | None:
         """Lowest and highest rowid of the day's unreported rows."""
         # Two queries: min() alone and max() alone are index seeks, both at once a scan.
         where = f'FROM "{_table(table)}" WHERE date = ? AND reported = 0'
         (low,) = self.db.execute(f"SELECT min(rowid) {where}", (day,)).fetchone()
         (high,) = self.db.execute(f"SELECT max(rowid) {where}", (day,)).fetchone()
-        return None if low is None else (low, high)
+        return None if low is None else RowidRange(low, high)
 
-    def day_system_averages(self, day: str) -> tuple[int, float | None, float | None]:
-        """``(runs, average cpu_percent, average memory_used)`` of a day's system rows."""
-        runs, cpu, memory = self.db.execute(
+    def day_system_averages(self, day: str) -> SystemDay:
+        """A day's ``system`` rows: how many, and their average ``cpu_percent`` and ``memory_used``."""
+        return SystemDay(*self.db.execute(
             'SELECT count(*), avg(cpu_percent), avg(memory_used) FROM "system" WHERE date = ?', (day,)
-        ).fetchone()
-        return runs, cpu, memory
+        ).fetchone())
 
-    def day_partition_sums(self, day: str) -> dict[str, tuple[float, float]]:
-        """``partition -> (sum of cpu_percent, sum of memory_rss)`` over a day."""
+    def day_partition_sums(self, day: str) -> dict[str, PartitionDay]:
+        """``partition -> (sum of cpu_percent, sum of memory_rss)`` over a day's ``user`` rows."""
         return {
-            part: (cpu, rss) for part, cpu, rss in self.db.execute(
+            part: PartitionDay(cpu, rss) for part, cpu, rss in self.db.execute(
                 'SELECT partition, total(cpu_percent), total(memory_rss) '
                 'FROM "user" WHERE date = ? GROUP BY partition ORDER BY partition',
                 (day,),
@@ -669,16 +525,13 @@ class Store:
             (day,),
         ))
 
-    def run_processes(self, partition: str, date: str, time_: str) -> list[tuple]:
-        """``(pid, process, cpu_percent, cpu_time, cpu_num_threads, memory_percent,
-        memory_rss, io_rw_counter, io_cycles_counter)`` of one partition's processes
-        in one run, busiest first."""
-        return self.db.execute(
-            'SELECT pid, process, cpu_percent, cpu_time, cpu_num_threads, memory_percent, memory_rss, '
-            'io_rw_counter, io_cycles_counter FROM "user" WHERE date = ? AND time = ? AND partition = ? '
+    def run_processes(self, partition: str, date: str, time_: str) -> list[ProcessRow]:
+        """One partition's processes in one run, busiest first."""
+        return [ProcessRow(*row) for row in self.db.execute(
+            f'SELECT {", ".join(ProcessRow._fields)} FROM "user" WHERE date = ? AND time = ? AND partition = ? '
             "ORDER BY cpu_percent DESC, pid",
             (date, time_, partition),
-        ).fetchall()
+        )]
 
     def has_reported_before(self, day: str) -> bool:
         """Whether garbage collection has anything to delete before ``day``."""

@@ -230,7 +230,8 @@ def _sample(pid: int, create: float, cpu: float, child: float = 0.0, label: str 
     from slapos_collect_recipe.snapshot import ProcessSample
 
     return ProcessSample(partition=label, pid=pid, create_time=create, cpu_percent=0.0, cpu_time=cpu,
-                         num_threads=1, memory_percent=0.0, memory_rss=1000, io_rw_bytes=io, io_ops=io // 10)
+                         cpu_num_threads=1, memory_percent=0.0, memory_rss=1000, io_rw_counter=io,
+                         io_cycles_counter=io // 10)
 
 
 def _compute(samples, kin, previous, now, ncpu=2, labels=("p",)):

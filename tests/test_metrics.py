@@ -8,9 +8,9 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from slapos_collect_recipe import metrics
+from slapos_collect_recipe import latest, metrics
 from slapos_collect_recipe.snapshot import PartitionUsage
-from slapos_collect_recipe.store import Store
+from slapos_collect_recipe.store import DB_NAME, Store
 
 DAY = "2026-11-29"
 MIB = 2**20
@@ -204,7 +204,7 @@ def test_current_partitions_for_the_dashboard(data_dir):
              usage("a", 0.6, processes=1, memory_rss=MIB)])
     with store.transaction():
         store.insert("computer", [(2, 2.4e9, "x86", 400 * MIB, "", "")], DAY, "11:00:00")
-    report = metrics.current_partitions(store)
+    report = latest.current_partitions(store)
     store.close()
     assert (report["date"], report["time"]) == (DAY, "11:00:00")
     assert [p["partition"] for p in report["partitions"]] == ["a", "b"]
@@ -289,10 +289,10 @@ def test_a_store_of_before_partition_usage_still_scraped(data_dir):
     scrape still has the benchmarks and the dashboard's table is empty (not a 503)."""
     import sqlite3
 
-    with Store(data_dir / metrics.DB_NAME) as store:
+    with Store(data_dir / DB_NAME) as store:
         store.insert("benchmark", [("cpu_sha256", 1.5, "s")], DAY, "08:00:00")
         store.insert("folder", [("slappart0", 2048)], DAY, "08:00:00")
-    db = sqlite3.connect(data_dir / metrics.DB_NAME)
+    db = sqlite3.connect(data_dir / DB_NAME)
     for table in ("partition_usage", "partition_counters", "temperature", "heating"):
         db.execute(f'DROP TABLE "{table}"')
     db.execute("PRAGMA user_version = 1")
@@ -301,7 +301,7 @@ def test_a_store_of_before_partition_usage_still_scraped(data_dir):
     s = scrape(data_dir)
     assert s["slapos_benchmark_value"] == {(("name", "cpu_sha256"), ("unit", "s")): 1.5}
     assert s["slapos_partition_folder_bytes"] == {(("partition", "slappart0"),): 2048 * 1024}
-    store = metrics.open_store(data_dir)
+    store = latest.open_store(data_dir)
     with store:
-        assert metrics.current_partitions(store)["partitions"] == [
+        assert latest.current_partitions(store)["partitions"] == [
             {"partition": "slappart0", "folder_bytes": 2048 * 1024}]
