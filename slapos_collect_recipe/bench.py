@@ -17,6 +17,11 @@ baseline (the median of its first ``baseline-days`` of results, kept in the
 store's state so that garbage collection cannot move it, or a configured
 reference); ``benchmark_status.json`` says which figures fell below
 ``threshold`` times their baseline.
+
+This module is the command: flags and ``[bench]`` settings, the run under the
+lock and the time limit, and the storing. The parts: ``bench_measure`` (cpu,
+sqlite), ``bench_peer`` (net, against a peer's routes), ``bench_verdict``
+(baselines and status, pure functions).
 """
 
 from __future__ import annotations

@@ -44,7 +44,8 @@ NOT_FOUND_BODY = b"404: Not Found"
 
 
 class Monitor:
-    """The handlers and their state (cache, rate limits) for one data dir."""
+    """The route handlers for one data dir (the file cache is its ``FileSender``'s, the
+    benchmark slot and rate limits its ``BenchRoutes``')."""
 
     def __init__(self, data_dir: Path, secret: str, send_timeout: float | None, body_timeout: float) -> None:
         self.data_dir = data_dir
