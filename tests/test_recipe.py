@@ -321,6 +321,56 @@ def test_slapconfiguration_without_master(tmp_path: Path) -> None:
         SlapConfiguration({"buildout": {"directory": str(tmp_path)}}, "slap-configuration", bad)
 
 
+# What slapos.core's local master (1.25.0) answers to getInstanceParameterDict() for a
+# partition requested with {"_": '{"keep-days": 4}'} (json-in-xml).
+MASTER_ANSWER = {
+    "_": '{"keep-days": 4}', "full_address_list": [], "instance_title": "collect-a",
+    "ip_list": [("slappart0", "127.0.0.1"), ("slappart0", "::1")], "root_instance_title": "collect-a",
+    "slap_computer_id": "COMP-1", "slap_computer_partition_id": "slappart0",
+    "slap_software_release_url": "/srv/software.cfg", "slap_software_type": "default",
+    "slave_instance_list": [], "timestamp": "1796167447.92",
+}
+
+
+def test_partition_values_from_a_master_answer() -> None:
+    values = recipe.partition_values(MASTER_ANSWER, "started", "COMP-1-slappart0")
+    assert values == {
+        "instance-state": "started", "instance-guid": "COMP-1-slappart0",
+        "slap-software-type": "default", "slap-computer-partition-id": "slappart0", "slap-computer-id": "COMP-1",
+        "slap-software-release-url": "/srv/software.cfg", "slave-instance-list": [], "timestamp": "1796167447.92",
+        "instance-title": "collect-a", "root-instance-title": "collect-a", "root-instance-short-title": "UNKNOWN",
+        "ipv4": {"127.0.0.1"}, "ipv6": {"::1"}, "configuration": {"keep-days": 4},
+    }
+    assert "_" in MASTER_ANSWER  # the master's answer is left as it was
+    # A request that is not serialised: the parameters are the remaining keys, as strings.
+    plain = {key: value for key, value in MASTER_ANSWER.items() if key != "_"}
+    plain.update({"keep-days": "7", "benchmarks": "true"})
+    assert recipe.partition_values(plain, "started", "g")["configuration"] == {"keep-days": "7", "benchmarks": "true"}
+    with pytest.raises(ValueError, match="the JSON under _ does not parse"):
+        recipe.partition_values(dict(MASTER_ANSWER, _="{oops"), "started", "g")
+
+
+def test_resource_values_flatten_the_partition_resource_file(tmp_path: Path) -> None:
+    part = tmp_path / "slappart0"
+    (part / "srv").mkdir(parents=True)
+    assert recipe.resource_values(part / "srv") == {}
+    # As `slapos node format` writes it (slapos.core 1.25.0), found from a folder below.
+    (part / recipe.RESOURCE_FILE).write_text(json.dumps({
+        "address_list": [{"addr": "127.0.0.1", "netmask": "255.255.255.255"}], "external_storage_list": [],
+        "ipv6_range": {}, "reference": "slappart0", "tun": None,
+        "tap": {"ipv4_addr": "10.0.0.2", "name": "slaptap0"},
+        "user": {"name": "slapuser0", "additional_group_list": ["slapsoft"]},
+    }))
+    assert recipe.resource_values(part / "srv") == {
+        "address-list": [{"addr": "127.0.0.1", "netmask": "255.255.255.255"}], "external-storage-list": [],
+        "reference": "slappart0", "tun": None, "tap-ipv4-addr": "10.0.0.2", "tap-name": "slaptap0",
+        "user-name": "slapuser0", "user-additional-group-list": ["slapsoft"],
+    }
+    (part / recipe.RESOURCE_FILE).write_text("{")
+    with pytest.raises(zc.buildout.UserError, match="cannot read the partition's resource file"):
+        recipe.resource_values(part)
+
+
 def test_release_points_at_the_templates() -> None:
     options: dict = {"logrotate-binary": "/usr/sbin/logrotate"}
     Release({"buildout": {}}, "slapos-collect-release", options)
