@@ -19,10 +19,11 @@ import tarfile
 import time
 import zlib
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from .rotate import PART_PREFIX, SPOOL, Progress, _pause
+from .datafiles import SPOOL, dump_name, part_names
 from .store import TABLES, Store, columns
 
 log = logging.getLogger("slapos_collect")
@@ -41,6 +42,8 @@ GZIP_LEVEL = 1
 CHUNK_ROWS = 10000
 SPLIT_ROWS = 200000
 HELPER_SHARE = 45  # % of a split table's rowids dumped here; the helper does the rest
+# Told a table's rows written so far: (table, rows, the table's total, draw now).
+RowsShown = Callable[[str, int, int, bool], None]
 
 
 class ArchiveWriter:
@@ -124,7 +127,7 @@ def gzip_member(data: bytes, level: int = GZIP_LEVEL, engine=None) -> bytes:
     return compressor.compress(data) + compressor.flush()
 
 
-def _write_rows(chunks, handle, sink, progress: Progress | None = None, table: str = "",
+def _write_rows(chunks, handle, sink, progress: RowsShown | None = None, table: str = "",
                 total: int = 0) -> int:
     """Write CSV slices (``Store.csv_chunks``) to ``handle`` as they are and
     to ``sink(size, member)`` as gzip members (compressed by a worker thread
@@ -140,7 +143,7 @@ def _write_rows(chunks, handle, sink, progress: Progress | None = None, table: s
                 sink(size, future.result())
             rows += count
             if progress is not None:
-                progress.draw(table, rows, total)
+                progress(table, rows, total, False)
         while queue:
             size, future = queue.popleft()
             sink(size, future.result())
@@ -151,8 +154,8 @@ def _start_helper(store: Store, data_dir: Path, table: str, day: str, first: int
                   ) -> tuple[subprocess.Popen, Path, Path]:
     """A second process dumping rowids ``first..last`` of a big table into
     ``.rotate.part-<pid>.{csv,gz}`` while this one does the first part."""
-    part_csv = data_dir / f"{PART_PREFIX}{os.getpid()}.csv"
-    part_gz = data_dir / f"{PART_PREFIX}{os.getpid()}.gz"
+    csv_name, gz_name = part_names(os.getpid())
+    part_csv, part_gz = data_dir / csv_name, data_dir / gz_name
     helper = subprocess.Popen(
         [sys.executable, "-m", "slapos_collect_recipe.archive", "--dump-part", str(store.path), table, day,
          str(first), str(last), str(part_csv), str(part_gz), str(GZIP_LEVEL)],
@@ -206,7 +209,7 @@ def _die_with_parent() -> None:
 
 
 def _dump_table(store: Store, data_dir: Path, handle, archive: ArchiveWriter, table: str, day: str,
-                limit: int, progress: Progress | None) -> int:
+                limit: int, progress: RowsShown | None) -> int:
     """Stream one table's unreported rows of the day into the CSV and the archive.
 
     A big table (SPLIT_ROWS rowids or more) on a machine with several cores
@@ -248,15 +251,16 @@ def _dump_table(store: Store, data_dir: Path, handle, archive: ArchiveWriter, ta
             part_csv.unlink(missing_ok=True)
             part_gz.unlink(missing_ok=True)
     if progress is not None:
-        progress.draw(table, total, total, force=True)
+        progress(table, total, total, True)
     return rows
 
 
 def dump_day(store: Store, data_dir: Path, day: str, limits: dict[str, int], archive_tmp: Path,
-             progress: Progress | None = None) -> Path:
+             progress: RowsShown | None = None, table_done: Callable[[str], None] | None = None) -> Path:
     """Write ``<day>/dump_<table>.csv`` for every table (header, then the
     rows) and, from the same bytes, the archive ``archive_tmp`` (fsynced):
-    members ``<day>/`` and ``<day>/dump_<table>.csv``.
+    members ``<day>/`` and ``<day>/dump_<table>.csv``. ``table_done(table)``
+    is called once each table is in the archive.
 
     Memory stays bounded: at most three chunks of CHUNK_ROWS rows are held
     (per process)."""
@@ -269,14 +273,15 @@ def dump_day(store: Store, data_dir: Path, day: str, limits: dict[str, int], arc
         archive.add_dir(day)
         for table in TABLES:
             archive.start_file()
-            with open(folder / f"dump_{table}.csv", "wb", buffering=1 << 20) as handle:
+            with open(folder / dump_name(table), "wb", buffering=1 << 20) as handle:
                 header = (",".join(columns(table)) + "\r\n").encode()
                 handle.write(header)
                 archive.file_data(len(header), archive.compress(header))
                 if table in limits:
                     _dump_table(store, data_dir, handle, archive, table, day, limits[table], progress)
-            archive.end_file(f"{day}/dump_{table}.csv")
-            _pause(f"dumped-{table}")
+            archive.end_file(f"{day}/{dump_name(table)}")
+            if table_done is not None:
+                table_done(table)
         archive.close()
     finally:
         archive.discard()

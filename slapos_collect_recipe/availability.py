@@ -40,6 +40,7 @@ from pathlib import Path
 
 from .atomic import write_atomic
 from .errors import CollectError
+from .progress import Progress
 
 FORMAT = "slapos-collect-availability/1"
 DEFAULT_PATTERN = r"computer_id=(COMP-[A-Za-z0-9_.-]+)"
@@ -118,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         raise CollectError(f"CSV directory {csv_dir}: parent directory {csv_dir.parent} does not exist")
 
     analyser = Analyser(args.pattern, since=since, until=until)
-    progress = Progress(args.logs) if sys.stderr.isatty() else None
+    progress = Progress(sum(_size(path) for path in args.logs)) if sys.stderr.isatty() else None
     stats = []
     for path in args.logs:
         st = FileStats(path)
@@ -226,7 +227,7 @@ class Analyser:
             finally:
                 self.flush()
                 if progress:
-                    progress.file_done(path)
+                    progress.advance(_size(path))
 
     def _read_stream(self, chunks: Iterator[bytes], raw: io.BufferedReader, st: FileStats,
                      progress: Progress | None) -> None:
@@ -253,7 +254,8 @@ class Analyser:
                 checked = True
                 self._check_is_log(st)
             if progress:
-                progress.update(raw.tell())
+                position = raw.tell()
+                progress.draw(f"{progress.rate(position) / 1e6:.0f} MB/s ", position)
         if rest:
             self.scan(rest + b"\n", 0, len(rest) + 1, st)
         if not checked:
@@ -650,38 +652,9 @@ def _outage(start: int, stop: int, edge: str | None) -> dict:
     return {"start": _iso(start), "end": _iso(stop), "seconds": stop - start, "edge": edge}
 
 
-class Progress:
-    """A one-line progress bar on stderr (only used when stderr is a terminal)."""
-
-    def __init__(self, paths: list[str]) -> None:
-        self.total = 0
-        for path in paths:
-            try:
-                self.total += os.stat(path).st_size
-            except OSError:
-                pass
-        self.done = 0  # bytes of the files already read
-        self.started = time.monotonic()
-        self.shown = 0.0
-
-    def update(self, position: int) -> None:
-        now = time.monotonic()
-        if now - self.shown < 0.2:
-            return
-        self.shown = now
-        done = self.done + position
-        width = 30
-        frac = min(done / self.total, 1.0) if self.total else 0.0
-        rate = done / max(now - self.started, 1e-6) / 1e6
-        sys.stderr.write(f"\r[{'#' * int(frac * width):<{width}}] {frac * 100:5.1f}% {rate:.0f} MB/s ")
-        sys.stderr.flush()
-
-    def file_done(self, path: str) -> None:
-        try:
-            self.done += os.stat(path).st_size
-        except OSError:
-            pass
-
-    def clear(self) -> None:
-        sys.stderr.write("\r" + " " * 60 + "\r")
-        sys.stderr.flush()
+def _size(path: str) -> int:
+    """A log's size for the progress bar (0 when it cannot be read)."""
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0

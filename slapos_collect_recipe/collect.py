@@ -1,8 +1,9 @@
 """``slapos-collect collect``: one run, as cron starts it every minute.
 
-sample -> store (one transaction) -> publish today's CSVs and past days'
-archives. A run that finds the previous one still working exits 0 at once,
-so cron never piles runs up.
+sample -> store (one transaction) -> publish: today's CSVs, each partition's
+SlapOS monitor JSON, then past days' archives and garbage collection when any
+is due (``_publish``). A run that finds the previous one still working exits 0
+at once, so cron never piles runs up.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from pathlib import Path
 
 from . import config, folder, lock, sample, traffic
 from .config import CollectSettings
+from .datafiles import DB_NAME
 from .errors import CollectError
 from .snapshot import RunSnapshot
-from .store import DB_NAME, Store, describe_error, share_read_only
+from .store import Store, describe_error, share_read_only
 
 log = logging.getLogger("slapos_collect")
 
@@ -97,15 +99,16 @@ def _sample_and_store(settings: CollectSettings) -> tuple[RunSnapshot, Path | No
 
 
 def _publish(store: Store, settings: CollectSettings) -> None:
-    """Today's CSVs and the past days' dumps, after the run is safely stored.
+    """Every publisher, in this order, once the run is safely stored.
 
     A failure here never loses the run's rows (they are committed): it is
     reported, and the next run tries again."""
-    from . import realtime, rotate
+    from . import realtime, report, rotate
 
     try:
-        realtime.publish(store, settings.data_dir)
-        rotate.rotate(store, settings)
+        realtime.publish(store, settings.data_dir)  # today's CSVs
+        report.publish_monitor(store, settings.partitions)  # each partition's SlapOS monitor JSON
+        rotate.rotate(store, settings)  # past days: archives, journals, garbage (a few look-ups when none is due)
     except CollectError:
         raise
     except (OSError, sqlite3.Error) as exc:

@@ -19,11 +19,11 @@ import time
 
 from . import config, lock
 from .config import CollectSettings, Partition
-from .store import BACKGROUND_TIMEOUT, DB_NAME, Store
+from .datafiles import DB_NAME, FOLDER_LOCK
+from .store import BACKGROUND_TIMEOUT, Store
 
 log = logging.getLogger("slapos_collect")
 
-FOLDER_LOCK = ".folder.lock"
 STATE_KEY = "folder_last"
 
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-COLLECT_LOCK = ".collect.lock"
+from .datafiles import COLLECT_LOCK as COLLECT_LOCK  # the lock every command takes (lock.COLLECT_LOCK)
 
 
 class Busy(Exception):

@@ -23,12 +23,12 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from .datafiles import BENCH_STATUS, DB_NAME
 from .report import measured_totals
-from .store import DB_NAME, Store
+from .store import Store
 
 log = logging.getLogger("slapos_collect")
 
-STATUS_NAME = "benchmark_status.json"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -149,7 +149,7 @@ def current_partitions(store: Store, usage: tuple[tuple[str, str] | None, dict[s
 
 def read_benchmark_status(data_dir: Path) -> dict[str, Any] | None:
     """``benchmark_status.json`` as written by ``bench``, or None when absent or unreadable."""
-    path = Path(data_dir) / STATUS_NAME
+    path = Path(data_dir) / BENCH_STATUS
     try:
         status = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

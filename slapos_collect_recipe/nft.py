@@ -29,7 +29,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 
-from .traffic import normal_address
+from .address import normal_address
 
 TABLE = "slapos_collect"
 FAMILY = "inet"

@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .accounting import Ended
+from .datafiles import PACCT_PREFIX
 
 log = logging.getLogger("slapos_collect")
 
@@ -41,10 +42,9 @@ NODE_FILES = ("/var/log/account/pacct", "/var/account/pacct", "/var/log/pacct")
 # collector of the node (another data dir) reads that file instead of taking
 # accounting over.
 REGISTRY = "/run/slapos-collect.pacct"
-OWN_NAME = "pacct"
 ROTATE_BYTES = 4 * 1024 * 1024  # 65,536 records
 CHUNK = 1 << 20  # bytes read at a time (a multiple of SIZE)
-_OWN_RE = re.compile(r"^pacct\.(\d+)$")
+_OWN_RE = re.compile(rf"^{re.escape(PACCT_PREFIX)}(\d+)$")
 # A record whose start lies outside these years is not one (resynchronising after garbage).
 _BTIME_MIN, _BTIME_MAX = 946684800, 4102444800  # 2000 .. 2100
 
@@ -272,7 +272,7 @@ def read_ended(data_dir: Path, mode: str, previous: dict | None, problems: list[
         return _node_file(active, previous, problems, uids)
     if active is None:
         number = max(own, default=-1) + 1
-        path = str(data_dir / f"{OWN_NAME}.{number}")
+        path = str(data_dir / f"{PACCT_PREFIX}{number}")
         try:
             _switch_on(path)
         except OSError as exc:
@@ -289,7 +289,7 @@ def read_ended(data_dir: Path, mode: str, previous: dict | None, problems: list[
     current = int(active.rpartition(".")[2])
     size = os.stat(active).st_size
     if size > ROTATE_BYTES:
-        path = str(data_dir / f"{OWN_NAME}.{current + 1}")
+        path = str(data_dir / f"{PACCT_PREFIX}{current + 1}")
         try:
             _switch_on(path)
             numbers.append(current + 1)
@@ -298,13 +298,13 @@ def read_ended(data_dir: Path, mode: str, previous: dict | None, problems: list[
             log.info("cannot rotate process accounting into %s: %s", path, exc.strerror or exc)
     if not (previous.get("own") and prev_file and os.path.exists(prev_file)):
         # No committed position in our files: start here, count from the next run.
-        last = str(data_dir / f"{OWN_NAME}.{current}")
+        last = str(data_dir / f"{PACCT_PREFIX}{current}")
         return None, {"own": True, "file": last, "ino": _inode(last), "offset": os.stat(last).st_size}
     prev_n = int(prev_file.rpartition(".")[2])
     records: list[Ended] = []
     offset = previous.get("offset", 0)
     for n in [n for n in numbers if prev_n <= n <= current]:
-        path = str(data_dir / f"{OWN_NAME}.{n}")
+        path = str(data_dir / f"{PACCT_PREFIX}{n}")
         got, end = _read_from(path, offset if n == prev_n else 0, problems, uids)
         records.extend(got)
         last, offset = path, end
@@ -357,7 +357,7 @@ def _follow_rotation(previous: dict, path: str, problems: list[str],
     else:
         log.info("accounting file %s was removed before its last records were read here", old)
     for number in range(int(was.group(1)) + 1, int(now.group(1))):
-        between = os.path.join(os.path.dirname(path), f"{OWN_NAME}.{number}")
+        between = os.path.join(os.path.dirname(path), f"{PACCT_PREFIX}{number}")
         if os.path.exists(between):
             records.extend(_read_from(between, 0, problems, uids)[0])
     got, offset = _read_from(path, 0, problems, uids)

@@ -23,6 +23,15 @@ import re
 from pathlib import Path
 
 from .atomic import write_atomic
+from .datafiles import (
+    CSV_SUFFIX,
+    DISK_PREFIX,
+    PARTITION_PREFIX,
+    TEMPERATURE_PREFIX,
+    csv_name,
+    disk_file_stem,
+    partition_stem,
+)
 from .store import Store
 
 log = logging.getLogger("slapos_collect")
@@ -43,10 +52,8 @@ SYSTEM_SERIES: dict[str, tuple[str, float, bool]] = {
     "system_net_out_errors": ("net_out_errors", 1.0, True),
     "system_net_out_dropped": ("net_out_dropped", 1.0, True),
 }
-DISK_PREFIX = "system_disk_memory_"
 # Per partition (partition_usage): figure -> (columns, the first not NULL taken; divisor).
 # Every figure is already per interval (since the previous run).
-PARTITION_PREFIX = "partition_"
 PARTITION_SERIES: dict[str, tuple[tuple[str, ...], float]] = {
     "cpu_percent": (("cpu_percent",), 1.0),
     "memory_used": (("memory_used", "memory_rss"), KIB),
@@ -56,11 +63,6 @@ PARTITION_SERIES: dict[str, tuple[tuple[str, ...], float]] = {
 }
 # A file name has at most 255 bytes: a longer encoded label is cut and marked.
 LABEL_BYTES = 180
-
-
-def disk_file_stem(kind: str, device: str) -> str:
-    """``system_disk_memory_{used,free}_<device with / as _>`` (the original's names)."""
-    return f"{DISK_PREFIX}{kind}_{device.replace('/', '_')}"
 
 
 def label_part(label: str) -> str:
@@ -92,8 +94,7 @@ def label_part(label: str) -> str:
 
 def partition_file_stem(figure: str, label: str) -> str:
     """``partition_<figure>_<label_part(label)>``, e.g. ``partition_cpu_percent_slappart0``."""
-    return f"{PARTITION_PREFIX}{figure}_{label_part(label)}"
-TEMPERATURE_PREFIX = "temperature_"
+    return partition_stem(figure, label_part(label))
 
 
 def temperature_file_stem(sensor_id: str) -> str:
@@ -211,7 +212,7 @@ def publish(store: Store, data_dir: Path) -> None:
     data_dir = Path(data_dir)
     started_over = False
     for stem, value in values.items():
-        if publish_line(data_dir / f"{stem}.csv", stamp, value) == "new":
+        if publish_line(data_dir / csv_name(stem), stamp, value) == "new":
             started_over = True
     if started_over:
         _drop_stale(data_dir, stamp[:10], values)
@@ -221,7 +222,7 @@ def _drop_stale(data_dir: Path, day: str, current: dict[str, str]) -> None:
     """At the day change, remove the CSVs of disks, partitions and temperature
     sensors that are gone (yesterday's data), and a partition's figure no longer measured."""
     names = [name for prefix in (DISK_PREFIX, PARTITION_PREFIX, TEMPERATURE_PREFIX)
-             for name in glob.glob(glob.escape(str(data_dir)) + f"/{prefix}*.csv")]
+             for name in glob.glob(glob.escape(str(data_dir)) + f"/{prefix}*{CSV_SUFFIX}")]
     for name in names:
         path = Path(name)
         if path.stem in current:

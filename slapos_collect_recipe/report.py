@@ -24,27 +24,24 @@ from .atomic import TMP_SUFFIX, write_atomic
 if TYPE_CHECKING:  # the journal's XML is imported only when a day is reported, not every minute
     import xml.etree.ElementTree as ET
 from .config import Partition
+from .datafiles import HANDED_SUFFIX, MONITOR_DIR, REPORT_DIR, UPLOADED_SUFFIX, handed_mark, journal_name
+from .datafiles import MONITOR_IO_DATA as IO_DATA
+from .datafiles import MONITOR_MEMORY_DATA as MEMORY_DATA
+from .datafiles import MONITOR_NETWORK_DATA as NETWORK_DATA
+from .datafiles import MONITOR_PROCESS_DATA as PROCESS_DATA
+from .datafiles import MONITOR_PROCESS_STATUS as PROCESS_STATUS
+from .datafiles import MONITOR_STATUS as STATUS
 from .store import COUNTERS, Store
 
 log = logging.getLogger("slapos_collect")
 
-REPORT_DIR = "consumption-report"
-# ".<day>.xml.handed" beside a journal: its hand-over to `slapos node report` is made
-# (kept until the day's rotation is complete; see hand_to_node_report).
-HANDED_SUFFIX = ".handed"
 MIB = 1024.0 * 1024.0
 HISTORY_DAYS = 30
 
-PROCESS_DATA = "monitor_resource_process.data.json"
-MEMORY_DATA = "monitor_resource_memory.data.json"
-IO_DATA = "monitor_resource_io.data.json"
-STATUS = "monitor_resource.status.json"
-PROCESS_STATUS = "monitor_process_resource.status.json"
 PROCESS_HEADER = "date, total process, CPU percent, CPU time, CPU threads"
 MEMORY_HEADER = "date, memory used percent, memory used"
 IO_HEADER = "date, io rw counter, io cycles counter, disk used"
 # Ours (the original measures no partition network): totals since the store began.
-NETWORK_DATA = "monitor_resource_network.data.json"
 NETWORK_HEADER = "date, net in bytes, net out bytes, net in packets, net out packets"
 NET_KEYS = ("net_in_bytes", "net_out_bytes", "net_in_packets", "net_out_packets")
 
@@ -130,14 +127,14 @@ def consumption_journal(store: Store, day: str, computer_id: str) -> bytes:
 
 
 def journal_path(data_dir: Path, day: str) -> Path:
-    return Path(data_dir) / REPORT_DIR / f"{day}.xml"
+    return Path(data_dir) / REPORT_DIR / journal_name(day)
 
 
 def report_path(data_dir: Path, day: str) -> Path | None:
     """Where the day's journal goes, or None when it (or its ``.uploaded``
     mark) is already there: a journal is never rebuilt."""
     path = journal_path(data_dir, day)
-    if path.exists() or path.with_name(path.name + ".uploaded").exists():
+    if path.exists() or path.with_name(path.name + UPLOADED_SUFFIX).exists():
         return None
     return path
 
@@ -174,7 +171,8 @@ def hand_to_node_report(journal: Path, xml_report_dir: Path | None) -> Path | No
     already there."""
     if xml_report_dir is None:
         return None
-    mark = journal.with_name(f".{journal.name}{HANDED_SUFFIX}")
+    # Kept until the day's rotation is complete (clean_report_leftovers).
+    mark = journal.with_name(handed_mark(journal.name))
     if mark.exists():
         return None
     final = xml_report_dir / journal.name
@@ -331,7 +329,7 @@ def publish_monitor(store: Store, partitions: Iterable[Partition], now: float | 
     targets = []
     for part in partitions:
         if part.path:
-            folder = Path(part.path) / ".slapgrid" / "monitor"
+            folder = Path(part.path).joinpath(*MONITOR_DIR)
             if folder.is_dir():
                 targets.append((part.label, folder))
     if not targets:

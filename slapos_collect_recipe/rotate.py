@@ -1,5 +1,9 @@
 """Past days: dump, archive, mark reported, collect garbage, report.
 
+``collect`` runs this after every run, once today's CSVs and the monitor JSON
+are written (it costs a few index look-ups when no day is due);
+``slapos-collect rotate`` runs it alone.
+
 For every day before today (UTC) with unreported rows in any table:
 
 1. the archive's name and the highest rowid to dump per table are recorded
@@ -41,22 +45,25 @@ import time
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from . import config, lock, report
+from . import config, datafiles, lock, report
 from .atomic import fsync_dir, link_new
+from .datafiles import ARCHIVE_TMP_SUFFIX, DB_NAME, PART_PREFIX, SPOOL
 from .errors import CollectError
-from .store import DB_NAME, Store
+from .progress import Progress
+from .store import Store
+
+if TYPE_CHECKING:  # the dump machinery is imported only when a day is due
+    from .archive import RowsShown
 
 log = logging.getLogger("slapos_collect")
 
 PENDING_KEY = "rotate.pending"
-DAY_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+DAY_RE = re.compile(datafiles.DAY_PATTERN)
 LOCK_WAIT = 120.0
-# Left behind by a killed dump (see archive.py): removed by the next run.
-PART_PREFIX = ".rotate.part-"
 # Tests only: make rotate stop at a named point (so that it can be killed there).
 PAUSE_ENV = "SLAPOS_COLLECT_TEST_PAUSE"
-SPOOL = ".rotate.spool"
 
 
 @dataclass
@@ -66,7 +73,6 @@ class RotateResult:
     rows_reported: int = 0
     rows_deleted: int = 0
     reports: list[Path] = field(default_factory=list)
-    monitor_folders: list[Path] = field(default_factory=list)
     recovered: str | None = None
 
 
@@ -76,48 +82,22 @@ def _pause(point: str) -> None:
         time.sleep(3600)
 
 
-class Progress:
-    """One line on stderr, redrawn in place (only used on a terminal)."""
-
-    def __init__(self, days: int, stream=None) -> None:
-        self.days = days
-        self.stream = stream or sys.stderr
-        self.index = 0
-        self.day = ""
-        self.last = 0.0
-
-    def start_day(self, day: str) -> None:
-        self.index += 1
-        self.day = day
-        self.draw("", 0, 0, force=True)
-
-    def draw(self, table: str, done: int, total: int, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self.last < 0.2:
-            return
-        self.last = now
-        fraction = ((self.index - 1) + (done / total if total else 0)) / max(self.days, 1)
-        width = 30
-        filled = int(fraction * width)
-        bar = "#" * filled + "." * (width - filled)
-        self.stream.write(f"\r[{bar}] {fraction * 100:5.1f}% day {self.index}/{self.days} "
-                          f"{self.day} {table} {done:,} rows\x1b[K")
-        self.stream.flush()
-
-    def close(self) -> None:
-        self.stream.write("\n")
-        self.stream.flush()
+def _day_progress(bar: Progress, index: int, days: int, day: str) -> RowsShown:
+    """What the dump calls with each table's rows so far: one day of ``bar``."""
+    def show(table: str, done: int, total: int, force: bool = False) -> None:
+        bar.draw(f"day {index}/{days} {day} {table} {done:,} rows", done / total if total else 0, force)
+    return show
 
 
 # -- one day -------------------------------------------------------------------
 
 def archive_name(data_dir: Path, day: str) -> str:
     """``<day>.tar.gz``, or ``<day>.late-N.tar.gz`` when that one exists."""
-    name = f"{day}.tar.gz"
+    name = datafiles.archive_name(day)
     n = 0
     while (data_dir / name).exists():
         n += 1
-        name = f"{day}.late-{n}.tar.gz"
+        name = datafiles.archive_name(day, n)
     return name
 
 
@@ -145,20 +125,21 @@ class _RolledBack(Exception):
 
 
 def rotate_day(store: Store, settings: config.CollectSettings, day: str, result: RotateResult,
-               progress: Progress | None = None) -> None:
+               progress: RowsShown | None = None) -> None:
     """Dump and archive one day; mark its rows reported once the archive is durable.
 
     The pending record is committed first (the archive's final name appears
     only once it is complete, and that is what ``recover`` looks for). The
     marks are made meanwhile, by a thread, in a transaction committed only
     after the archive is linked and its directory fsynced: marking costs no
-    time of its own, and a kill before that commit leaves no row marked."""
+    time of its own, and a kill before that commit leaves no row marked.
+    ``progress``: called with each table's rows so far (``archive.dump_day``)."""
     data_dir = settings.data_dir
     limits = store.unreported_limits(day)
     if not limits:
         return
     name = archive_name(data_dir, day)
-    tmp = data_dir / f".{name}.tmp"
+    tmp = data_dir / datafiles.archive_tmp_name(name)
     # The dump machinery is imported only when a day is due: the per-minute
     # collect calls rotate() and must start fast.
     from concurrent.futures import ThreadPoolExecutor
@@ -187,7 +168,8 @@ def rotate_day(store: Store, settings: config.CollectSettings, day: str, result:
             journal = None
             if journal_due:
                 journal = side.submit(report.journal_from, store.path, day, settings.computer_id)
-            dump_day(store, data_dir, day, limits, tmp, progress)
+            dump_day(store, data_dir, day, limits, tmp, progress,
+                     table_done=lambda table: _pause(f"dumped-{table}"))
             journal_bytes = journal.result() if journal is not None else None
             _pause("packed")
             try:
@@ -246,7 +228,7 @@ def recover(store: Store, data_dir: Path, computer_id: str = "", xml_report_dir:
         log.warning("rotate: a previous run was interrupted: %s", outcome)
     with os.scandir(data_dir) as entries:
         for entry in entries:
-            if (entry.name.startswith(".") and entry.name.endswith(".tar.gz.tmp") or entry.name == SPOOL
+            if (entry.name.startswith(".") and entry.name.endswith(ARCHIVE_TMP_SUFFIX) or entry.name == SPOOL
                     or entry.name.startswith(PART_PREFIX)):
                 os.unlink(entry.path)
             elif DAY_RE.match(entry.name) and entry.is_dir(follow_symlinks=False):
@@ -265,7 +247,8 @@ def gc_cutoff(today: str, keep_days: int) -> str:
 
 def rotate(store: Store, settings: config.CollectSettings, progress: bool = False) -> RotateResult:
     """Archive every past day with unreported rows, collect garbage, write the
-    reports. Cheap when there is nothing to do. Call with the collect lock held."""
+    consumption reports. Cheap when there is nothing to do. Call with the
+    collect lock held. ``progress``: draw a bar on stderr (a terminal)."""
     data_dir = Path(settings.data_dir)
     result = RotateResult()
     result.recovered = recover(store, data_dir, settings.computer_id, settings.xml_report_dir)
@@ -273,10 +256,14 @@ def rotate(store: Store, settings: config.CollectSettings, progress: bool = Fals
     days = [d for d in store.unreported_days(today) if DAY_RE.match(d)]
     bar = Progress(len(days)) if progress and days else None
     try:
-        for day in days:
+        for index, day in enumerate(days, 1):
+            shown = None
             if bar:
-                bar.start_day(day)
-            rotate_day(store, settings, day, result, bar)
+                shown = _day_progress(bar, index, len(days), day)
+                shown("", 0, 0, force=True)
+            rotate_day(store, settings, day, result, shown)
+            if bar:
+                bar.advance()
     finally:
         if bar:
             bar.close()
@@ -286,7 +273,6 @@ def rotate(store: Store, settings: config.CollectSettings, progress: bool = Fals
         result.rows_deleted = store.delete_reported_before(cutoff)
     if result.days or result.rows_deleted:
         store.checkpoint()
-    result.monitor_folders = report.publish_monitor(store, settings.partitions)
     return result
 
 
@@ -307,6 +293,8 @@ def run(args: argparse.Namespace) -> int:
         with lock.exclusive(settings.data_dir / lock.COLLECT_LOCK, wait=LOCK_WAIT):
             with Store(settings.data_dir / DB_NAME) as store:
                 result = rotate(store, settings, progress=sys.stderr.isatty())
+                # As after every collect: the partitions' monitor JSON, from the latest run.
+                report.publish_monitor(store, settings.partitions)
     except lock.Busy:
         raise CollectError(f"another collect or rotate still runs in {settings.data_dir} "
                            f"after {LOCK_WAIT:.0f} s; try again later", exit_code=1) from None

@@ -18,6 +18,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+# store.DB_NAME: the name the other modules (and the tests) import from here
+from .datafiles import DB_NAME as DB_NAME
+from .datafiles import WAL_SUFFIXES, corrupt_name
 from .errors import CollectError
 
 if TYPE_CHECKING:  # typing is slow to import, and the collector starts every minute
@@ -25,7 +28,6 @@ if TYPE_CHECKING:  # typing is slow to import, and the collector starts every mi
 
 log = logging.getLogger("slapos_collect")
 
-DB_NAME = "collector.db"
 # How long a background writer (the folder walk, a benchmark run) waits for
 # the write lock: a rotation holds it while a day is dumped (see rotate_day).
 BACKGROUND_TIMEOUT = 600.0
@@ -239,7 +241,7 @@ def share_read_only(path: str | os.PathLike) -> None:
     """Node mode: ``collector.db`` and its WAL side files readable by every
     user (0644), whatever the umask that created them; the owner is left as
     it is (root: only the collector writes)."""
-    for suffix in ("", "-wal", "-shm"):
+    for suffix in ("", *WAL_SUFFIXES):
         try:
             os.chmod(f"{path}{suffix}", 0o644)
         except FileNotFoundError:
@@ -287,9 +289,9 @@ class Store:
         except sqlite3.DatabaseError as exc:
             if "not a database" not in str(exc) and "malformed" not in str(exc):
                 raise
-        aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}")
+        aside = path.with_name(corrupt_name(path.name, time.strftime('%Y%m%dT%H%M%S', time.gmtime())))
         os.replace(path, aside)
-        for suffix in ("-wal", "-shm"):
+        for suffix in WAL_SUFFIXES:
             side = path.with_name(path.name + suffix)
             if side.exists():
                 os.replace(side, aside.with_name(aside.name + suffix))

@@ -28,6 +28,7 @@ import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from .address import normal_address
 from .config import CollectSettings
 from .snapshot import PartitionUsage, RunSnapshot
 
@@ -37,7 +38,6 @@ SYS_NET = "/sys/class/net"
 ETHERNET_HEADER = 14
 ARPHRD_ETHER = 1
 STATE_KEY = "network"
-V4_MAPPED = b"\0" * 10 + b"\xff\xff"  # ::ffff:0:0/96, the prefix of IPv4-mapped IPv6 addresses
 
 
 @dataclass
@@ -87,21 +87,6 @@ class Notes:
 
 
 # -- where a partition's traffic is recognised ------------------------------
-
-def normal_address(text: str) -> str | None:
-    """An IP address in the form nft prints it (inet_ntop's), or None if it is not one.
-
-    An IPv4-mapped IPv6 address (``::ffff:10.0.0.1``) is written as its IPv4 address: its packets are
-    IPv4 packets, and sockdiag gives that IPv4 address as a socket's local address."""
-    family = socket.AF_INET6 if ":" in text else socket.AF_INET
-    try:
-        packed = socket.inet_pton(family, text)
-    except (OSError, ValueError):
-        return None
-    if packed[:12] == V4_MAPPED:
-        family, packed = socket.AF_INET, packed[12:]
-    return socket.inet_ntop(family, packed)
-
 
 def _interface_ok(name: str) -> bool:
     return bool(name) and "/" not in name and name not in (".", "..") and len(name) <= 15 \

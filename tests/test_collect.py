@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -515,3 +516,56 @@ def test_unprivileged_run_samples_as_far_as_allowed() -> None:
         assert "not fully readable" in (work / "log").read_text()
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+# The publishers of a run, spied on (each still does its real work) in a real ``collect``.
+PUBLISH_SPY = (
+    "import json, sys\n"
+    "from slapos_collect_recipe import cli, realtime, report, rotate\n"
+    "calls = []\n"
+    "def spy(module, name, label):\n"
+    "    real = getattr(module, name)\n"
+    "    def wrapper(*args, **kwargs):\n"
+    "        calls.append(label)\n"
+    "        return real(*args, **kwargs)\n"
+    "    setattr(module, name, wrapper)\n"
+    "spy(realtime, 'publish', 'csv')\n"
+    "spy(report, 'publish_monitor', 'monitor')\n"
+    "spy(rotate, 'rotate', 'past days')\n"
+    "spy(rotate, 'rotate_day', 'day')\n"
+    "rc = cli.main(sys.argv[1:])\n"
+    "print(json.dumps({'rc': rc, 'calls': calls, 'archive': 'slapos_collect_recipe.archive' in sys.modules}))\n"
+)
+
+
+def published(data_dir: Path, part: Path) -> dict:
+    argv = ["collect", "--data-dir", str(data_dir), "--partition", f"web={part}", "--process-accounting", "no",
+            "--network-accounting", "no"]
+    proc = subprocess.run([sys.executable, "-c", PUBLISH_SPY, *argv], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_a_run_publishes_todays_csvs_then_the_monitor_json_then_past_days(data_dir: Path, tmp_path: Path) -> None:
+    """The per-minute path in the order collect shows it: today's CSVs, each partition's
+    monitor JSON (once: not from the rotation), then past days; no day due: no dump, and
+    the archive machinery is not even imported."""
+    part = tmp_path / "web"
+    (part / ".slapgrid" / "monitor").mkdir(parents=True)
+    outcome = published(data_dir, part)
+    assert outcome == {"rc": 0, "calls": ["csv", "monitor", "past days"], "archive": False}
+    assert (data_dir / "system_cpu_percent.csv").is_file() and (data_dir / "partition_cpu_percent_web.csv").is_file()
+    assert json.loads((part / ".slapgrid/monitor/monitor_resource.status.json").read_text())["date"]
+    assert not list(data_dir.glob("*.tar.gz")) and not (data_dir / "consumption-report").exists()
+    assert not [p for p in data_dir.iterdir() if p.is_dir()]
+
+    # A past day with unreported rows: the same order, and the day is archived last.
+    day = time.strftime("%Y-%m-%d", time.gmtime(time.time() - 2 * 86400))
+    with store.Store(data_dir / store.DB_NAME) as db, db.transaction():
+        db.insert("system", [(0.5, 25.0, 2**30, 2**31, 0, 0, 0, 0, 0, 0)], day, "12:00:00")
+    monitor_status = part / ".slapgrid/monitor/monitor_resource.status.json"
+    monitor_status.unlink()
+    outcome = published(data_dir, part)
+    assert outcome == {"rc": 0, "calls": ["csv", "monitor", "past days", "day"], "archive": True}
+    assert (data_dir / f"{day}.tar.gz").is_file() and (data_dir / "consumption-report" / f"{day}.xml").is_file()
+    assert monitor_status.is_file()
