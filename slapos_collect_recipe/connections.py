@@ -23,6 +23,13 @@ or the one of all that has waited longest); only when none is waiting is the new
 one refused.
 Each waiting phase keeps its connections in arrival order (an OrderedDict), so
 the watchdog and the eviction only ever look at the front: O(1) per connection.
+
+Why one module of about 560 lines: it is one state machine. ``Gate`` (accept,
+caps, phases, watchdog) and ``Handler`` (aiohttp's protocol, which reports each
+connection's events to the gate) move a ``Conn`` between the phases together;
+the gate builds the handlers and the handlers call the gate back, so split in
+two they would import each other, and a phase change would be read in two
+files.
 """
 
 from __future__ import annotations

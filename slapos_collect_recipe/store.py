@@ -116,41 +116,6 @@ def share_read_only(path: str | os.PathLike) -> None:
             pass
 
 
-# -- the sqlite benchmark's workload (bench.py) ----------------------------
-
-def bench_workload(path: str | os.PathLike, rounds: int) -> tuple[int, float]:
-    """Run the fixed SQLite benchmark mix on a new database at ``path``.
-
-    Each round: 100 inserts and a commit, 100 indexed selects, 50 indexed
-    updates and a commit, with the store's own settings (WAL, synchronous
-    NORMAL). Returns ``(operations, seconds)``, schema creation not timed;
-    an operation is one statement or one commit. The caller removes the files."""
-    db = sqlite3.connect(path, isolation_level=None)
-    try:
-        db.execute("PRAGMA journal_mode = WAL")
-        db.execute("PRAGMA synchronous = NORMAL")
-        db.execute("CREATE TABLE bench (id integer PRIMARY KEY, k integer, v text)")
-        db.execute("CREATE INDEX bench_k ON bench (k)")
-        payload = "slapos-collect benchmark row " * 3
-        operations = 0
-        start = time.perf_counter()
-        for r in range(rounds):
-            db.execute("BEGIN IMMEDIATE")
-            for i in range(100):
-                db.execute("INSERT INTO bench (k, v) VALUES (?, ?)", ((r * 100 + i) % 997, payload))
-            db.execute("COMMIT")
-            for i in range(100):
-                db.execute("SELECT count(*), total(length(v)) FROM bench WHERE k = ?", ((i * 31 + r) % 997,)).fetchone()
-            db.execute("BEGIN IMMEDIATE")
-            for i in range(50):
-                db.execute("UPDATE bench SET v = ? WHERE k = ?", (payload, (r * 50 + i * 7) % 997))
-            db.execute("COMMIT")
-            operations += 252
-        return operations, time.perf_counter() - start
-    finally:
-        db.close()
-
-
 class Store:
     """A connection to ``collector.db`` with the schema in place."""
 

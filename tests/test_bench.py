@@ -22,7 +22,7 @@ import pytest
 from conftest import SCRIPTS, run_cli
 from monitor_helpers import has_ipv6, running_server
 
-from slapos_collect_recipe import bench, lock
+from slapos_collect_recipe import bench, bench_measure, bench_verdict, lock
 from slapos_collect_recipe.errors import CollectError
 
 # Short settings: a run of cpu + sqlite takes about a second here.
@@ -356,15 +356,13 @@ def test_timeout_in_the_all_cores_phase_leaves_no_worker(tmp_path, data_dir, mon
     import multiprocessing
 
     parent = os.getpid()
-    real = bench.pystone.pystones
-    monkeypatch.setattr(bench.pystone, "pystones",
+    real = bench_measure.pystone.pystones
+    monkeypatch.setattr(bench_measure.pystone, "pystones",
                         lambda loops: (0.001, 1000.0) if os.getpid() == parent else real(loops))
     seconds, rate = real(20000)
-    settings = bench.BenchSettings(data_dir=data_dir, kinds=["cpu"], cpu_loops=max(1000, int(rate * 5)))
-    settings.repeat["cpu"] = 3
     with pytest.raises(bench.TimeLimit):
         with bench.time_limit(1.5):
-            bench.measure_cpu(settings)
+            bench_measure.measure_cpu(3, max(1000, int(rate * 5)))
     assert multiprocessing.active_children() == []
     me = psutil.Process()
     assert me.children(recursive=True) == []
@@ -490,24 +488,7 @@ def test_peer_from_the_config_file(tmp_path):
     assert settings.repeat == {"cpu": 3, "sqlite": 3, "net": 3}
 
 
-# -- baselines (pure functions) ---------------------------------------------------------------
-
-
-def test_baseline_is_the_first_days_and_then_frozen():
-    state: dict = {}
-    bench.update_baselines(state, {"cpu_single": 100.0}, "2026-01-01", 7)
-    bench.update_baselines(state, {"cpu_single": 90.0}, "2026-01-07", 7)
-    bench.update_baselines(state, {"cpu_single": 10.0}, "2026-01-08", 7)  # past the first week
-    assert state["cpu_single"] == {"since": "2026-01-01", "values": [100.0, 90.0]}
-    settings = bench.BenchSettings(data_dir=Path("."), kinds=["cpu"])
-    latest = {"cpu_single": (50.0, "pystones/s", "2026-01-08", "10:00:00"),
-              "cpu_single_spread": (3.0, "%", "2026-01-08", "10:00:00")}
-    status = bench.build_status(latest, state, settings, "2026-01-08")
-    entry = status["benchmarks"]["cpu_single"]
-    assert entry["baseline"] == 95.0 and entry["ratio"] == pytest.approx(50 / 95, abs=1e-4)
-    assert entry["degraded"] and entry["baseline_complete"] and entry["baseline_runs"] == 2
-    assert "cpu_single_spread" not in status["benchmarks"]
-    assert status["reason"] == "cpu_single at 53 % of its baseline (threshold 70 %)"
+# -- baselines (the verdict's pure functions: test_bench_verdict.py) ------------------------------
 
 
 def test_a_threshold_per_figure(tmp_path):
@@ -521,7 +502,7 @@ def test_a_threshold_per_figure(tmp_path):
     latest = {"sqlite_fsync": (3.0, "ms", "2026-01-02", "10:00:00"), "sqlite_ops": (70.0, "ops/s", "2026-01-02", "10:00:00")}
     baselines = {"sqlite_fsync": {"since": "2026-01-01", "values": [1.0]},
                  "sqlite_ops": {"since": "2026-01-01", "values": [100.0]}}
-    status = bench.build_status(latest, baselines, settings, "2026-01-02")
+    status = bench_verdict.build_status(latest, baselines, settings, "2026-01-02")
     fsync, ops = status["benchmarks"]["sqlite_fsync"], status["benchmarks"]["sqlite_ops"]
     assert (fsync["ratio"], fsync["threshold"], fsync["degraded"]) == (0.3333, 0.2, False)
     assert (ops["ratio"], ops["threshold"], ops["degraded"]) == (0.7, 0.8, True)
@@ -556,11 +537,6 @@ def test_confirm_runs_needs_a_lasting_drop(tmp_path, data_dir):
     assert once["value"] / once["baseline"] < 0.7  # the latest run alone is slow...
     assert once["degraded"] is False  # ...but two of the last three are not
     assert third["degraded"] is True and third["compared"] < 0.7 * third["baseline"]
-
-
-def test_latency_ratio_is_inverted():
-    assert bench.performance_ratio("net_latency", 2.0, 1.0) == 0.5
-    assert bench.performance_ratio("net_download", 2.0, 1.0) == 2.0
 
 
 def test_errors_are_collect_errors():
