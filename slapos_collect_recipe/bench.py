@@ -46,16 +46,16 @@ from .atomic import write_atomic
 from .bench_measure import measure_cpu, measure_sqlite
 from .bench_peer import MAX_NET_BYTES, PeerClient, measure_net
 from .bench_verdict import FIGURES, build_status, spread_percent, update_baselines
+from .datafiles import BENCH_STATUS, BENCHMARK_PREFIX, DB_NAME, csv_name
 from .errors import CollectError
 from .settings import Kind, Setting, add_flags, boolean, integer, number, parse, resolve, text
-from .store import BACKGROUND_TIMEOUT, DB_NAME, Store
+from .store import BACKGROUND_TIMEOUT, Store
 
 log = logging.getLogger("slapos_collect")
 
 SECTION = "bench"
 KINDS = ("cpu", "sqlite", "net")
 SPREAD_SUFFIX = "_spread"
-STATUS_FILE = "benchmark_status.json"
 BASELINE_STATE = "bench_baseline"
 DEFAULT_REPEAT = {"cpu": 5, "sqlite": 5, "net": 3}
 DEFAULT_THRESHOLD = 0.7
@@ -289,10 +289,10 @@ def store_results(settings: BenchSettings, medians: dict[str, float], spreads: d
             recent = {name: store.benchmark_recent(name, settings.confirm_runs) for name in latest if name in FIGURES}
     status = build_status(latest, baselines, settings, day, recent)
     status["date"], status["time"] = day, clock
-    write_atomic(settings.data_dir / STATUS_FILE, json.dumps(status, indent=1, sort_keys=True) + "\n")
+    write_atomic(settings.data_dir / BENCH_STATUS, json.dumps(status, indent=1, sort_keys=True) + "\n")
     for name, value in medians.items():
         # The whole history, not just today: degradation shows over weeks.
-        realtime.publish_line(settings.data_dir / f"benchmark_{name}.csv", f"{day} {clock}", f"{value:.6g}",
+        realtime.publish_line(settings.data_dir / csv_name(BENCHMARK_PREFIX + name), f"{day} {clock}", f"{value:.6g}",
                               daily=False)
     return status
 

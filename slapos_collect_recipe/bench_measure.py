@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from . import pystone
+from .datafiles import BENCH_TMP_PREFIX, WAL_SUFFIXES
 from .errors import CollectError
 
 FSYNC_SAMPLES = 15
@@ -84,15 +85,15 @@ def measure_sqlite(data_dir: Path, repeat: int, rounds: int) -> dict[str, list[f
     ops_rates, fsync_ms = [], []
     # Left by a run killed outright (kill -9, power loss): only a bench
     # makes them and the lock keeps a second one out, so any found is stale.
-    for stale in data_dir.glob(".bench-*"):
+    for stale in data_dir.glob(BENCH_TMP_PREFIX + "*"):
         shutil.rmtree(stale, ignore_errors=True)
-    with tempfile.TemporaryDirectory(dir=data_dir, prefix=".bench-") as tmp:
+    with tempfile.TemporaryDirectory(dir=data_dir, prefix=BENCH_TMP_PREFIX) as tmp:
         for run in range(repeat):
             db = Path(tmp) / f"bench-{run}.db"
             try:
                 operations, seconds = bench_workload(db, rounds)
             finally:
-                for suffix in ("", "-wal", "-shm"):
+                for suffix in ("", *WAL_SUFFIXES):
                     Path(f"{db}{suffix}").unlink(missing_ok=True)
             ops_rates.append(operations / seconds)
             fsync_ms.append(_fsync_latency(Path(tmp) / "fsync"))

@@ -142,6 +142,9 @@ MONITOR_PROCESS_STATUS = "monitor_process_resource.status.json"
 
 # The latest benchmark verdict (bench.py writes it, /metrics reads it).
 BENCH_STATUS = "benchmark_status.json"
+# The sqlite benchmark's throwaway database lives in ``.bench-<random>/`` (bench_measure.py),
+# removed after the run (or by the next one, when a kill left it).
+BENCH_TMP_PREFIX = ".bench-"
 # The collector's own process accounting files: ``pacct.<n>`` (pacct.py).
 PACCT_PREFIX = "pacct."
 

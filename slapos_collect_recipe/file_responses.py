@@ -36,6 +36,7 @@ from typing import Any
 from aiohttp import web
 
 from .connections import hard_close
+from .datafiles import DB_COPY_PREFIX
 
 log = logging.getLogger("slapos_collect")
 
@@ -43,7 +44,6 @@ SMALL_FILE = 512 * 1024  # served from memory up to this size
 CACHE_BYTES = 32 * 1024 * 1024
 SNAPSHOTS_AT_ONCE = 2  # concurrent collector.db copies
 COPY_CHUNK = 256 * 1024  # file reads under TLS
-SNAPSHOT_PREFIX = ".collector.db.serve-"
 
 TYPES = {
     ".csv": "text/csv; charset=utf-8",
@@ -324,7 +324,7 @@ class FileSender:
     def _snapshot(self, real: str) -> str:
         from .store import Store
 
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=SNAPSHOT_PREFIX)
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=DB_COPY_PREFIX)
         os.close(fd)
         try:
             with Store(real, readonly=True) as store:
@@ -337,7 +337,7 @@ class FileSender:
 
 def cleanup_snapshots(root: Path) -> None:
     """Copies of collector.db left by a killed server."""
-    for leftover in root.glob(SNAPSHOT_PREFIX + "*"):
+    for leftover in root.glob(DB_COPY_PREFIX + "*"):
         with contextlib.suppress(OSError):
             leftover.unlink()
 

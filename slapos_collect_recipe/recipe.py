@@ -37,6 +37,7 @@ import zc.buildout
 
 from . import config, schedule
 from .atomic import write_atomic
+from .datafiles import DB_NAME
 from .settings import (
     Setting,
     SettingError,
@@ -152,7 +153,7 @@ class Recipe:
         netloc = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
         base = f"https://{netloc}/"
         options["data-dir"] = str(self.data_dir)
-        options["collector-db"] = str(self.data_dir / "collector.db")
+        options["collector-db"] = str(self.data_dir / DB_NAME)
         options["config-file"] = str(self.paths["config_file"])
         options["secret-file"] = str(self.paths["secret_file"])
         options["cert"] = str(self.paths["cert"])

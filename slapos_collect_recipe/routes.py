@@ -26,16 +26,15 @@ from typing import Any
 
 from aiohttp import web
 
-from . import metrics
+from . import latest, metrics
 from .bench_peer import BenchRoutes
+from .datafiles import DB_NAME, DB_SIDE_FILES
 from .errors import CollectError
 from .file_responses import SECURITY_HEADERS, FileSender, content_type, etag_matches
-from .store import DB_NAME
 
 log = logging.getLogger("slapos_collect")
 
 # Never listed nor served: live SQLite side files (collector.db is served as a copy).
-HIDDEN = frozenset({f"{DB_NAME}-wal", f"{DB_NAME}-shm", f"{DB_NAME}-journal"})
 DASHBOARD_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
@@ -115,7 +114,7 @@ class Monitor:
         """The real path of ``rel`` inside the data dir, or None when it must not be served."""
         parts = rel.split("/")
         for part in parts:
-            if not part or part[0] == "." or part in HIDDEN or "\x00" in part:
+            if not part or part[0] == "." or part in DB_SIDE_FILES or "\x00" in part:
                 return None
         real = os.path.realpath(os.path.join(self.root, *parts))
         if real == self.root:
@@ -123,7 +122,7 @@ class Monitor:
         if not real.startswith(self.root + os.sep):
             return None  # a symlink pointing outside
         inside = real[len(self.root) + 1:].split(os.sep)
-        if any(p[0] == "." or p in HIDDEN for p in inside):
+        if any(p[0] == "." or p in DB_SIDE_FILES for p in inside):
             return None  # a symlink to a hidden file
         return real, inside
 
@@ -156,7 +155,7 @@ class Monitor:
             return self.not_found()
         for entry in scan:
             name = entry.name
-            if name[0] == "." or name in HIDDEN:
+            if name[0] == "." or name in DB_SIDE_FILES:
                 continue
             try:
                 if entry.is_symlink() and self.resolve(rel + name) is None:
@@ -244,11 +243,11 @@ class Monitor:
 
     async def partitions(self, request: web.BaseRequest) -> web.Response:
         def read() -> dict[str, Any]:
-            store = metrics.open_store(self.data_dir)
+            store = latest.open_store(self.data_dir)
             if store is None:
                 return {"date": None, "time": None, "partitions": []}
             with store:
-                return metrics.current_partitions(store)
+                return latest.current_partitions(store)
 
         try:
             body = json.dumps(await asyncio.to_thread(read)).encode()

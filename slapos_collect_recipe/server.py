@@ -33,6 +33,7 @@ from . import metrics
 from .access_log import AccessLogFile, CombinedAccessLogger
 from .config import SECTION, setup_logging
 from .connections import Gate, Limits, default_max_connections, descriptor_limit
+from .datafiles import CERT_NAME, KEY_NAME, SECRET_NAME
 from .errors import CollectError
 from .file_responses import cleanup_snapshots
 from .listening import bind_sockets, check_secret, ensure_certificate, load_or_create_secret, ssl_context, url_of
@@ -59,9 +60,6 @@ log = logging.getLogger("slapos_collect")
 MONITOR = "monitor"
 DEFAULT_PORT = 9443
 DEFAULT_HOSTS = ("127.0.0.1", "::1")
-SECRET_NAME = ".slapmonitor.secret"
-CERT_NAME = ".slapmonitor.crt"
-KEY_NAME = ".slapmonitor.key"
 
 
 # -- settings -----------------------------------------------------------------

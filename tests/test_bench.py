@@ -22,7 +22,7 @@ import pytest
 from conftest import SCRIPTS, run_cli
 from monitor_helpers import has_ipv6, running_server
 
-from slapos_collect_recipe import bench, bench_measure, bench_verdict, lock
+from slapos_collect_recipe import bench, bench_measure, bench_verdict, datafiles, lock
 from slapos_collect_recipe.errors import CollectError
 
 # Short settings: a run of cpu + sqlite takes about a second here.
@@ -68,7 +68,7 @@ def stored(data_dir: Path) -> list[tuple]:
 
 def assert_nothing_stored(data_dir: Path) -> None:
     assert stored(data_dir) == []
-    assert not (data_dir / bench.STATUS_FILE).exists()
+    assert not (data_dir / datafiles.BENCH_STATUS).exists()
     assert not list(data_dir.glob("benchmark_*.csv"))
     assert not list(data_dir.glob(".bench-*")), "temporary files left behind"
 
@@ -123,7 +123,7 @@ def test_cpu_and_sqlite_are_stored_charted_and_compared(tmp_path, data_dir):
     assert by_name["cpu_single_spread"][1:3] == (pytest.approx(first["spreads"]["cpu_single"]), "%")
     assert all(r[5] == 0 for r in rows)  # unreported: rotate dumps them like any table
 
-    status = json.loads((data_dir / bench.STATUS_FILE).read_text())
+    status = json.loads((data_dir / datafiles.BENCH_STATUS).read_text())
     assert status["degraded"] is False and status["threshold"] == 0.7
     assert set(status["benchmarks"]) == set(first["values"])
     for entry in status["benchmarks"].values():
@@ -136,7 +136,7 @@ def test_cpu_and_sqlite_are_stored_charted_and_compared(tmp_path, data_dir):
     assert sorted(second["values"]) == ["cpu_all", "cpu_single"]
     ratio = second["values"]["cpu_single"] / first["values"]["cpu_single"]
     assert 1 / FACTOR < ratio < FACTOR, ratio
-    status = json.loads((data_dir / bench.STATUS_FILE).read_text())
+    status = json.loads((data_dir / datafiles.BENCH_STATUS).read_text())
     # The status covers every figure, the sqlite ones from the earlier run.
     assert set(status["benchmarks"]) == set(first["values"])
     assert status["benchmarks"]["sqlite_ops"]["time"] == first["time"]
@@ -222,10 +222,10 @@ def test_degradation_is_flagged_when_the_core_is_busy(tmp_path, data_dir):
         assert entry["degraded"] is True and entry["ratio"] < 0.7, entry
         assert entry["baseline_source"] == "store" and entry["baseline_runs"] >= 5
     assert "at" in status["reason"] and "threshold 70 %" in status["reason"]
-    assert json.loads((data_dir / bench.STATUS_FILE).read_text())["degraded"] is True
+    assert json.loads((data_dir / datafiles.BENCH_STATUS).read_text())["degraded"] is True
 
     assert quiet_status(data_dir, cfg, core)["degraded"] is False
-    assert json.loads((data_dir / bench.STATUS_FILE).read_text())["degraded"] is False
+    assert json.loads((data_dir / datafiles.BENCH_STATUS).read_text())["degraded"] is False
 
 
 def test_a_configured_reference_is_the_baseline(tmp_path, data_dir):
@@ -271,7 +271,7 @@ def test_net_between_two_slapmonitors(tmp_path):
         assert 'slapos_benchmark_value{name="net_download",unit="MB/s"}' in text
         assert "slapos_machine_degraded 0.0" in text
     # The secret is never written to the log or the status.
-    assert b.secret not in (dir_a / bench.STATUS_FILE).read_text()
+    assert b.secret not in (dir_a / datafiles.BENCH_STATUS).read_text()
 
 
 def test_net_over_tls_with_a_self_signed_peer(tmp_path, data_dir):
