@@ -62,7 +62,7 @@ setup(
         "zc.buildout": [
             "default = slapos_collect_recipe.recipe:Recipe",
             "release = slapos_collect_recipe.recipe:Release",
-            "slapconfiguration = slapos_collect_recipe.recipe:SlapConfiguration",
+            "slapconfiguration = slapos_collect_recipe.slapconfiguration:SlapConfiguration",
         ],
     },
 )

@@ -145,7 +145,7 @@ def share(kind: str) -> dict[str, float]:
             figures, _ = measured["part"]
             if count and figures is not None:
                 # The partition is in front of the veth here: its download is what the veth received.
-                totals[name] += figures.out_bytes if name == "ref" else figures.in_bytes
+                totals[name] += figures.net_out_bytes if name == "ref" else figures.net_in_bytes
 
     done = threading.Event()
     requests = [0]

@@ -1,4 +1,4 @@
-"""IP addresses written one way: as nft prints them (``inet_ntop``'s form).
+"""IP addresses written one way: as nft prints them (``inet_ntop``'s form), and the IPv4-mapped prefix.
 
 The settings' partition addresses (``traffic.py``) and the keys of the
 collector's nftables maps (``nft.py``) are compared in this form.

@@ -50,6 +50,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 
+from .address import V4_MAPPED
+
 log = logging.getLogger("slapos_collect")
 
 HANDSHAKE, HEAD, IDLE, STALLED, BUSY, CLOSED = "handshake", "head", "idle", "stalled", "busy", "closed"
@@ -111,9 +113,6 @@ def default_max_connections(descriptors: int) -> int:
     return max(8, min(MAX_DEFAULT_CONNECTIONS, descriptors - max(64, descriptors // 8)))
 
 
-_V4_MAPPED = bytes(10) + b"\xff\xff"
-
-
 def address_key(peer: Any, family: int) -> Any:
     """Per-address caps count an IPv6 client's whole /64 as one address (one host's share);
     an IPv4-mapped one (``::ffff:a.b.c.d``, on a dual-stack socket) is its IPv4 address,
@@ -123,7 +122,7 @@ def address_key(peer: Any, family: int) -> Any:
             packed = socket.inet_pton(socket.AF_INET6, peer[0].partition("%")[0])
         except (OSError, TypeError, IndexError):
             return peer
-        if packed[:12] == _V4_MAPPED:
+        if packed[:12] == V4_MAPPED:
             return socket.inet_ntop(socket.AF_INET, packed[12:])
         return packed[:8]
     return peer[0] if isinstance(peer, tuple) else peer

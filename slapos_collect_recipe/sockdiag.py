@@ -18,6 +18,8 @@ import socket
 import struct
 from dataclasses import dataclass
 
+from .address import V4_MAPPED
+
 NETLINK_SOCK_DIAG = 4
 TCPDIAG_GETSOCK = 18
 NLM_F_REQUEST = 0x1
@@ -39,7 +41,6 @@ _TCPI_OPTIONS = 5
 _TCPI_BYTES_ACKED = 120  # u64, then bytes_received u64, segs_out u32, segs_in u32
 _TCPI_BYTES_SENT = 200  # u64, kernel 4.19 and later (counts retransmissions)
 TCPI_OPT_TIMESTAMPS = 1
-_V4_MAPPED = b"\0" * 10 + b"\xff\xff"
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ def _parse(data: bytes, out: list[TcpSocket]) -> bool:
             local = socket.inet_ntop(socket.AF_INET, src[:4])
             header = 20 + 20
         else:
-            mapped = src[:12] == _V4_MAPPED
+            mapped = src[:12] == V4_MAPPED
             local = socket.inet_ntop(socket.AF_INET, src[12:]) if mapped else socket.inet_ntop(socket.AF_INET6, src)
             header = 40 + 20
         if options & TCPI_OPT_TIMESTAMPS:

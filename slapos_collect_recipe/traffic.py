@@ -50,18 +50,23 @@ class Target:
     interfaces: list[str] = field(default_factory=list)
 
 
+# A partition's traffic figures: the columns of partition_usage they fill, by the same names.
+NET_FIGURES = ("net_in_bytes", "net_out_bytes", "net_in_packets", "net_out_packets")
+
+
 @dataclass
 class Figures:
-    in_bytes: int = 0
-    out_bytes: int = 0
-    in_packets: int = 0
-    out_packets: int = 0
+    """What crossed a partition's addresses or interfaces during one run (bytes, packets),
+    in and out as seen from the partition."""
+
+    net_in_bytes: int = 0
+    net_out_bytes: int = 0
+    net_in_packets: int = 0
+    net_out_packets: int = 0
 
     def add(self, other: Figures) -> None:
-        self.in_bytes += other.in_bytes
-        self.out_bytes += other.out_bytes
-        self.in_packets += other.in_packets
-        self.out_packets += other.out_packets
+        for name in NET_FIGURES:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
 class Notes:
@@ -210,7 +215,7 @@ def _interface_figures(now: list[int], before: list[int] | None) -> Figures | No
         rx_bytes = max(rx_bytes - ETHERNET_HEADER * rx_packets, 0)
         tx_bytes = max(tx_bytes - ETHERNET_HEADER * tx_packets, 0)
     # The host transmits into the interface what the machine behind it receives.
-    return Figures(in_bytes=tx_bytes, out_bytes=rx_bytes, in_packets=tx_packets, out_packets=rx_packets)
+    return Figures(net_in_bytes=tx_bytes, net_out_bytes=rx_bytes, net_in_packets=tx_packets, net_out_packets=rx_packets)
 
 
 def measure_interfaces(targets_: list[Target], previous: dict, notes: Notes
@@ -290,9 +295,9 @@ def measure_nftables(targets_: list[Target], previous: dict | None, notes: Notes
                     or packets < before[0] or size < before[1]:
                 parts.append(None)  # new, re-created or reset counter: a new baseline
             elif direction == "in":
-                parts.append(Figures(in_bytes=size - before[1], in_packets=packets - before[0]))
+                parts.append(Figures(net_in_bytes=size - before[1], net_in_packets=packets - before[0]))
             else:
-                parts.append(Figures(out_bytes=size - before[1], out_packets=packets - before[0]))
+                parts.append(Figures(net_out_bytes=size - before[1], net_out_packets=packets - before[0]))
         result[target.label] = _sum(parts)
     state = {"counters": {name: list(value) for name, value in current.items()}, "maps": layout.maps}
     return result, state
@@ -325,9 +330,9 @@ def measure_sockets(targets_: list[Target], previous: dict | None) -> tuple[dict
             before = [label, 0, 0, 0, 0]  # opened since the previous dump: all of it is new
         segs_out, segs_in = now[3] - before[3], now[4] - before[4]
         totals[label].add(Figures(
-            in_bytes=now[2] - before[2] + segs_in * sock.header,
-            out_bytes=now[1] - before[1] + segs_out * sock.header,
-            in_packets=segs_in, out_packets=segs_out,
+            net_in_bytes=now[2] - before[2] + segs_in * sock.header,
+            net_out_bytes=now[1] - before[1] + segs_out * sock.header,
+            net_in_packets=segs_in, net_out_packets=segs_out,
         ))
     result: dict[str, Figures | None] = {
         label: (figures if label in prev_labels else None) for label, figures in totals.items()}
@@ -418,8 +423,8 @@ def fill(usage: Iterable[PartitionUsage], measured: dict[str, tuple[Figures | No
             continue
         figures, row.net_source = entry
         if figures is not None:
-            row.net_in_bytes, row.net_out_bytes = figures.in_bytes, figures.out_bytes
-            row.net_in_packets, row.net_out_packets = figures.in_packets, figures.out_packets
+            for name in NET_FIGURES:
+                setattr(row, name, getattr(figures, name))
 
 
 def sample_into(snap: RunSnapshot, settings: CollectSettings, previous: dict | None) -> None:

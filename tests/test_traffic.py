@@ -857,7 +857,7 @@ def test_state_of_another_shape_is_a_new_baseline(tmp_path) -> None:
         assert measured["me"] == (None, "interface+sockets") and problems == []
     measured, _, _ = traffic.measure(settings, state)
     figures, source = measured["me"]
-    assert figures is not None and figures.in_bytes >= 0 and source == "interface+sockets"
+    assert figures is not None and figures.net_in_bytes >= 0 and source == "interface+sockets"
 
 
 def test_one_interface_counts_for_one_partition(tmp_path, data_dir) -> None:
