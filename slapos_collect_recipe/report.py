@@ -17,7 +17,7 @@ import sqlite3
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from .atomic import TMP_SUFFIX, write_atomic
 
@@ -269,9 +269,20 @@ def _process_date(process: str) -> str | None:
     return _stamp(created)
 
 
+class MonitorStatus(NamedTuple):
+    """One partition's part of the SlapOS monitor files for one run: each dict is
+    one ``*.data.json`` line and part of the status JSON (empty: not measured)."""
+
+    process: dict
+    memory: dict
+    io: dict
+    network: dict
+    processes: list[dict]  # monitor_process_resource.status.json
+
+
 def monitor_status(store: Store, partition: str, date: str, time_: str, usage: sqlite3.Row | None,
                    sums: PartitionTotals | None, totals: dict[str, float], disk_kib: float | None,
-                   machine_memory: float | None) -> tuple[dict, dict, dict, dict, list[dict]]:
+                   machine_memory: float | None) -> MonitorStatus:
     """The process, memory, IO and network dicts and the per-process list of one
     run. ``usage``: the partition's ``partition_usage`` row of the run; ``sums``:
     its sums of ``Store.partition_totals`` (threads, and memory % without the
@@ -307,7 +318,7 @@ def monitor_status(store: Store, partition: str, date: str, time_: str, usage: s
         if created:
             entry["date"] = created
         processes.append(entry)
-    return process, memory, io, network, processes
+    return MonitorStatus(process, memory, io, network, processes)
 
 
 def publish_monitor(store: Store, partitions: Iterable[Partition], now: float | None = None) -> list[Path]:
@@ -333,27 +344,26 @@ def publish_monitor(store: Store, partitions: Iterable[Partition], now: float | 
     written = []
     for label, folder in targets:
         row = usage.get(label)
-        process, memory, io, network, processes = monitor_status(
-            store, label, *stamp, row, all_sums.get(label), totals.get(label, {}), folder_kib.get(label),
-            machine_memory)
+        got = monitor_status(store, label, *stamp, row, all_sums.get(label), totals.get(label, {}),
+                             folder_kib.get(label), machine_memory)
         status: dict = {}
         if row is not None and (row["processes"] or row["cpu_time"] or row["ended"]):
-            append_history(folder / PROCESS_DATA, PROCESS_HEADER, ", ".join(str(process[k]) for k in (
+            append_history(folder / PROCESS_DATA, PROCESS_HEADER, ", ".join(str(got.process[k]) for k in (
                 "date", "total_process", "cpu_percent", "cpu_time", "cpu_num_threads")), now)
-            status.update(process)
-        if memory["memory_used"]:
-            append_history(folder / MEMORY_DATA, MEMORY_HEADER, ", ".join(str(memory[k]) for k in (
+            status.update(got.process)
+        if got.memory["memory_used"]:
+            append_history(folder / MEMORY_DATA, MEMORY_HEADER, ", ".join(str(got.memory[k]) for k in (
                 "date", "memory_percent", "memory_used")), now)
-            status.update(memory)
-        if io:
-            append_history(folder / IO_DATA, IO_HEADER, ", ".join(str(io[k]) for k in (
+            status.update(got.memory)
+        if got.io:
+            append_history(folder / IO_DATA, IO_HEADER, ", ".join(str(got.io[k]) for k in (
                 "date", "io_rw_counter", "io_cycles_counter", "disk_used")), now)
-            status.update(io)
-        if network:
+            status.update(got.io)
+        if got.network:
             append_history(folder / NETWORK_DATA, NETWORK_HEADER, ", ".join(
-                str(network.get(k, "")) for k in ("date", *NET_KEYS)), now)
-            status.update(network)
+                str(got.network.get(k, "")) for k in ("date", *NET_KEYS)), now)
+            status.update(got.network)
         write_atomic(folder / STATUS, json.dumps(status).encode())
-        write_atomic(folder / PROCESS_STATUS, json.dumps(processes).encode())
+        write_atomic(folder / PROCESS_STATUS, json.dumps(got.processes).encode())
         written.append(folder)
     return written
