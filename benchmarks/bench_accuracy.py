@@ -212,9 +212,9 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench_accuracy needs root (the original, accounting and cgroups need it)", file=sys.stderr)
         return 1
-    from slapos_collect_recipe import pacct
+    from slapos_collect_recipe import nft, pacct
 
-    with pacct.restored():
+    with pacct.restored(), nft.restored():
         return _main()
 
 

@@ -111,10 +111,11 @@ def main() -> int:
         print("bench_collect needs root (the original collector refuses to run otherwise)", file=sys.stderr)
         return 1
     ensure_users()
-    # Ours runs as root: it switches process accounting on (auto) into its data dir; put it back after.
-    from slapos_collect_recipe import pacct
+    # Ours runs as root: it switches process accounting on (auto) into its data dir and makes its nftables
+    # table (network-accounting auto); put both back after.
+    from slapos_collect_recipe import nft, pacct
 
-    with pacct.restored():
+    with pacct.restored(), nft.restored():
         return _main()
 
 

@@ -165,10 +165,10 @@ def main() -> int:
     except KeyError:
         subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", USER], check=True)
         created = True
-    from slapos_collect_recipe import pacct
+    from slapos_collect_recipe import nft, pacct
 
     try:
-        with pacct.restored():  # ours, as root, switches kernel accounting on
+        with pacct.restored(), nft.restored():  # ours, as root, switches kernel accounting on (and nft)
             return run()
     finally:
         if created:

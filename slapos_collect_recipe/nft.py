@@ -20,6 +20,7 @@ brings it up to date atomically (named counters keep their values).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import hashlib
 import json
@@ -27,6 +28,7 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from .address import normal_address
@@ -221,6 +223,21 @@ def remove() -> bool:
     if "No such file or directory" in proc.stderr:
         return False
     raise NftError(f"nft delete table failed: {_first_line(proc.stderr)}")
+
+
+@contextlib.contextmanager
+def restored() -> Iterator[None]:
+    """The table removed on leaving, even on failure, unless it was there before: for tests and
+    benchmarks whose root ``collect`` runs make it (network-accounting auto). No-op without root or nft."""
+    if os.geteuid() != 0 or shutil.which("nft") is None:
+        yield
+        return
+    before = read_table() is not None
+    try:
+        yield
+    finally:
+        if not before:
+            remove()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

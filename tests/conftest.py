@@ -39,15 +39,10 @@ def data_dir(tmp_path: Path) -> Path:
 def _no_leftover_network_table():
     """A root ``collect`` in the host's namespace makes the collector's nftables table (network-accounting
     auto): the suite removes it at the end unless it was there before."""
-    import shutil
+    from slapos_collect_recipe import nft
 
-    nft = shutil.which("nft") if os.geteuid() == 0 else None
-    def present() -> bool:
-        return subprocess.run([nft, "list", "table", "inet", "slapos_collect"], capture_output=True).returncode == 0
-    before = present() if nft else True
-    yield
-    if not before and present():
-        subprocess.run([nft, "delete", "table", "inet", "slapos_collect"], capture_output=True)
+    with nft.restored():
+        yield
 
 
 def accounting_restored() -> contextlib.AbstractContextManager[None]:

@@ -450,6 +450,29 @@ def test_network_accounting_remove_leaves_no_table(net, users, table, data_dir) 
     assert "slapos_collect" not in tables
 
 
+RESTORED = """
+from slapos_collect_recipe import nft
+layout = nft.build_layout([("p", 0, ["192.0.2.1"])])
+with nft.restored():
+    nft.apply(layout, None)
+    made = nft.read_table() is not None
+print(made, nft.read_table() is None)
+nft.apply(layout, None)
+with nft.restored():
+    pass
+print(nft.read_table() is not None)
+"""
+
+
+@needs_nft
+def test_restored_removes_only_a_table_it_did_not_find(net, table) -> None:
+    """``nft.restored()``, around the suite and the root benchmarks: a table made inside is removed on
+    leaving, one that was there before is kept (here in the node namespace, not the host's)."""
+    proc = subprocess.run(net.node_cmd(sys.executable, "-c", RESTORED), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "True", "True"]
+
+
 @needs_nft
 def test_without_nft_or_root_one_line(net, users, table, data_dir) -> None:
     """nft missing (hidden by a mount namespace of this test) or not root: ``network-accounting`` and its
