@@ -49,12 +49,16 @@ FLOOR = textwrap.dedent("""
 
 
 
-def ensure_users() -> None:
+def ensure_users() -> list[str]:
+    """The partition users, created when missing; returns those created (removed after the run)."""
+    created = []
     for name in USERS:
         try:
             pwd.getpwnam(name)
         except KeyError:
             subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name], check=True)
+            created.append(name)
+    return created
 
 
 def measure(argv: list[str], **kwargs) -> tuple[float, float, float]:
@@ -110,13 +114,17 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench_collect needs root (the original collector refuses to run otherwise)", file=sys.stderr)
         return 1
-    ensure_users()
+    created = ensure_users()
     # Ours runs as root: it switches process accounting on (auto) into its data dir and makes its nftables
     # table (network-accounting auto); put both back after.
     from slapos_collect_recipe import nft, pacct
 
-    with pacct.restored(), nft.restored():
-        return _main()
+    try:
+        with pacct.restored(), nft.restored():
+            return _main()
+    finally:
+        for name in created:
+            subprocess.run(["userdel", name], capture_output=True)
 
 
 def _main() -> int:
