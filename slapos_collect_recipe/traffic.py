@@ -169,11 +169,12 @@ def targets(settings: CollectSettings, notes: Notes) -> list[Target]:
 
 # -- interfaces --------------------------------------------------------------
 
-def _interface_counters() -> dict[str, tuple[int, int, int, int]]:
-    """name -> (rx_bytes, rx_packets, tx_bytes, tx_packets) of every interface, from one read of /proc/net/dev."""
+def interface_counters(proc_root: str = "/proc") -> dict[str, tuple[int, int, int, int]]:
+    """name -> (rx_bytes, rx_packets, tx_bytes, tx_packets) of every interface, from one read of
+    ``<proc_root>/net/dev`` (empty when it cannot be read)."""
     counters: dict[str, tuple[int, int, int, int]] = {}
     try:
-        with open("/proc/net/dev", "rb") as handle:
+        with open(os.path.join(proc_root, "net", "dev"), "rb") as handle:
             lines = handle.read().decode("ascii", "replace").splitlines()[2:]
     except OSError:
         return counters
@@ -223,7 +224,7 @@ def measure_interfaces(targets_: list[Target], previous: dict, notes: Notes
     """label -> figures of its interfaces (None: unknown this interval), and the new state."""
     state: dict[str, list[int]] = {}
     result: dict[str, Figures | None] = {}
-    counters = _interface_counters() if any(t.interfaces for t in targets_) else {}
+    counters = interface_counters() if any(t.interfaces for t in targets_) else {}
     for target in targets_:
         if not target.interfaces:
             continue

@@ -932,3 +932,24 @@ def test_an_address_written_two_ways_is_one_address(tmp_path) -> None:
         "address fd00::1 of partition c is already partition a's: ignored",
         "address 2001:db8::1 of partition c is already partition b's: ignored",
     ]
+
+
+NET_DEV = """\
+Inter-|   Receive                                                |  Transmit
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
+    lo: 1234567    8910    0    0    0     0          0         0  1234567    8910    0    0    0     0       0          0
+slaptap0: 500 5 0 0 0 0 0 0 70000 60 0 0 0 0 0 0
+  bad: 1 2 3
+"""
+
+
+def test_interface_counters_from_a_proc_tree(tmp_path) -> None:
+    """``/proc/net/dev`` read under any root: bytes and packets each way, a short line skipped, and a tree
+    without the file giving nothing rather than failing the run."""
+    from slapos_collect_recipe import traffic
+
+    (tmp_path / "net").mkdir()
+    (tmp_path / "net" / "dev").write_text(NET_DEV)
+    assert traffic.interface_counters(str(tmp_path)) == {"lo": (1234567, 8910, 1234567, 8910),
+                                                         "slaptap0": (500, 5, 70000, 60)}
+    assert traffic.interface_counters(str(tmp_path / "none")) == {}
