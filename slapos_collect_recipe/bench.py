@@ -48,7 +48,7 @@ from .bench_peer import MAX_NET_BYTES, PeerClient, measure_net
 from .bench_verdict import FIGURES, build_status, spread_percent, update_baselines
 from .datafiles import BENCH_STATUS, BENCHMARK_PREFIX, DB_NAME, csv_name
 from .errors import CollectError
-from .settings import Kind, Setting, add_flags, boolean, integer, number, parse, resolve, text
+from .settings import Kind, Setting, add_flags, boolean, integer, number, resolve, text
 from .store import BACKGROUND_TIMEOUT, Store
 
 log = logging.getLogger("slapos_collect")
@@ -170,11 +170,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("what", choices=(*KINDS, "all"),
                         help="which benchmark; all = cpu, sqlite, and net when a peer is configured")
     add_flags(parser, BENCH_SETTINGS[3:])
-
-
-def parse_peer(url: str) -> Peer:
-    """Check a peer's secret base URL (as ``--peer``); errors never repeat the secret."""
-    return parse(PEER, url, PEER.option)
 
 
 def bench_settings(args: argparse.Namespace) -> BenchSettings:

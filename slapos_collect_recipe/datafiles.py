@@ -16,7 +16,7 @@ DB_NAME = "collector.db"
 # database, and they stay on disk between runs.
 WAL_SUFFIXES = ("-wal", "-shm")
 # Live SQLite side files, never listed nor served (the database is served as a copy).
-DB_SIDE_FILES = frozenset({f"{DB_NAME}-wal", f"{DB_NAME}-shm", f"{DB_NAME}-journal"})
+DB_SIDE_FILES = frozenset(DB_NAME + suffix for suffix in (*WAL_SUFFIXES, "-journal"))
 # A file that is not a database is kept aside as ``collector.db.corrupt-<UTC stamp>``
 # (its side files alike, with their suffix after the stamp).
 CORRUPT_INFIX = ".corrupt-"

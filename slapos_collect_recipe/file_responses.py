@@ -174,7 +174,9 @@ def plan(request_headers: Mapping[str, str], size: int, headers: Mapping[str, st
     header = request_headers.get("Range") if ranges else None
     if header is not None:
         if_range = request_headers.get("If-Range")
-        span = parse_range(header, size) if if_range is None or if_range.strip() in (etag, last_modified) else None
+        # If-Range names a validator of this file; one without validators is sent whole.
+        honoured = if_range is None or (if_range.strip() != "" and if_range.strip() in (etag, last_modified))
+        span = parse_range(header, size) if honoured else None
         if span is False:
             return Plan(416, {"Content-Range": f"bytes */{size}", **SECURITY_HEADERS})
         if span:
@@ -266,11 +268,10 @@ class FileSender:
         return entry
 
     async def send_large(self, request: web.BaseRequest, handle: Any, st: os.stat_result,
-                         headers: dict[str, str], etag: str | None, last_modified: str | None,
+                         headers: dict[str, str], etag: str, last_modified: str,
                          ranges: bool = True) -> web.StreamResponse:
         """Headers from Python, the body by the kernel (sendfile; a thread under TLS)."""
-        answer = plan(request.headers, st.st_size, headers, etag or "", last_modified or "", int(st.st_mtime),
-                      ranges)
+        answer = plan(request.headers, st.st_size, headers, etag, last_modified, int(st.st_mtime), ranges)
         if answer.status not in (200, 206):
             return web.Response(status=answer.status, headers=answer.headers)
         start, count = answer.start, answer.count
@@ -319,7 +320,7 @@ class FileSender:
                 "Last-Modified": formatdate(st.st_mtime, usegmt=True),
                 **SECURITY_HEADERS,
             }
-            return await self.send_large(request, handle, st, headers, None, None, ranges=False)
+            return await self.send_large(request, handle, st, headers, "", "", ranges=False)
 
     def _snapshot(self, real: str) -> str:
         from .store import Store

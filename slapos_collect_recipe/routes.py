@@ -34,7 +34,6 @@ from .file_responses import SECURITY_HEADERS, FileSender, content_type, etag_mat
 
 log = logging.getLogger("slapos_collect")
 
-# Never listed nor served: live SQLite side files (collector.db is served as a copy).
 DASHBOARD_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"

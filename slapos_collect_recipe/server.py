@@ -151,8 +151,11 @@ def serve_settings(args: argparse.Namespace) -> ServeSettings:
         raise CollectError(f"data dir {data_dir} is not readable")
 
     hosts = [h.strip("[]") for h in got[HOSTS.key]] or list(DEFAULT_HOSTS)
-    if got[SECRET.key]:
-        secret = check_secret(got[SECRET.key], SECRET.option)
+    # Unlike other flags, a blank --secret is refused rather than taken as not given: it must never
+    # fall back silently to a secret file.
+    flag_secret = vars(args).get(SECRET.attribute)
+    if flag_secret is not None:
+        secret = check_secret(flag_secret.strip(), SECRET.option)
     else:
         secret_file = got[SECRET_FILE.key]
         secret = load_or_create_secret(Path(secret_file) if secret_file else data_dir / SECRET_NAME)

@@ -22,7 +22,7 @@ import pytest
 from conftest import SCRIPTS, run_cli
 from monitor_helpers import has_ipv6, running_server
 
-from slapos_collect_recipe import bench, bench_measure, bench_verdict, datafiles, lock
+from slapos_collect_recipe import bench, bench_measure, bench_verdict, datafiles, lock, settings
 from slapos_collect_recipe.errors import CollectError
 
 # Short settings: a run of cpu + sqlite takes about a second here.
@@ -347,7 +347,7 @@ def test_timeout_stores_nothing(tmp_path, data_dir):
     assert_nothing_stored(data_dir)
 
 
-def test_timeout_in_the_all_cores_phase_leaves_no_worker(tmp_path, data_dir, monkeypatch):
+def test_timeout_in_the_all_cores_phase_leaves_no_worker(monkeypatch):
     """In-process, so that the workers can be looked for afterwards. The limit
     must fall while the per-core workers run, whatever this machine's speed
     does meanwhile: the single-core runs of this process are skipped (a made-up
@@ -541,4 +541,4 @@ def test_confirm_runs_needs_a_lasting_drop(tmp_path, data_dir):
 
 def test_errors_are_collect_errors():
     with pytest.raises(CollectError, match="secret"):
-        bench.parse_peer("http://host:1/")
+        settings.parse(bench.PEER, "http://host:1/", bench.PEER.option)

@@ -646,6 +646,7 @@ def test_bad_options(tmp_path, data_dir):
                   "nokey.pem does not")
     check_refused(run_cli(*base, "--secret", SECRET, "--cert", str(garbage)), "--cert and --key")
     check_refused(run_cli(*base, "--secret", "short"), "at least 22")
+    check_refused(run_cli(*base, "--secret", " "), "at least 22")
     check_refused(run_cli(*base, "--secret", SECRET, "--port", "70000"), "between 0 and 65535")
     check_refused(run_cli(*base, "--secret", SECRET, "--host", "no-such-host.invalid"), "cannot listen")
     check_refused(run_cli(*base, "--secret", SECRET, "--access-log", str(tmp_path / "no" / "access.log"),
