@@ -48,7 +48,7 @@ from .bench_peer import MAX_NET_BYTES, PeerClient, measure_net
 from .bench_verdict import FIGURES, build_status, spread_percent, update_baselines
 from .datafiles import BENCH_STATUS, BENCHMARK_PREFIX, DB_NAME, csv_name
 from .errors import CollectError
-from .settings import Kind, Setting, add_flags, boolean, integer, number, resolve, text
+from .settings import COLLECT, Kind, Setting, add_flags, boolean, integer, number, resolve, text
 from .store import BACKGROUND_TIMEOUT, Store
 
 log = logging.getLogger("slapos_collect")
@@ -159,7 +159,7 @@ NET_BYTES = _bench("net-bytes", integer(1000, MAX_NET_BYTES, high_reason="the sl
 # One threshold and one reference per figure: threshold-<figure>, reference-<figure>.
 THRESHOLDS = {name: _bench(f"threshold-{name}", number(0.0, 1.0)) for name in FIGURES}
 REFERENCES = {name: _bench(f"reference-{name}", number(above=0.0)) for name in FIGURES}
-BENCH_LOG_FILE = replace(config.LOG_FILE, sections=(SECTION, config.SECTION))
+BENCH_LOG_FILE = replace(config.LOG_FILE, sections=(SECTION, COLLECT))
 BENCH_SETTINGS = (config.CONFIG, config.DATA_DIR, BENCH_LOG_FILE, PEER, PEER_CA, PEER_VERIFY, REPEAT, TIMEOUT,
                   LOCK_WAIT, AS_JSON, THRESHOLD, BASELINE_DAYS, CONFIRM_RUNS, CPU_LOOPS, SQLITE_ROUNDS, NET_BYTES,
                   *THRESHOLDS.values(), *REFERENCES.values())

@@ -38,7 +38,6 @@ from .settings import (
     words,
 )
 
-SECTION = COLLECT
 DEFAULT_KEEP_DAYS = 3
 DEFAULT_FOLDER_CYCLE = 86400
 ACCOUNTING_MODES = ("auto", "yes", "no")
@@ -88,10 +87,10 @@ class CollectSettings:
 
 def _collect(key: str, kind: Kind = text, default: Any = None, **declared: Any) -> Setting:
     """A setting of the ``[slapos-collect]`` section."""
-    return Setting(key, kind, default, sections=(SECTION,), **declared)
+    return Setting(key, kind, default, sections=(COLLECT,), **declared)
 
 
-NETWORK_ACCOUNTING = ("auto", "nftables", "sockets", "no")
+NETWORK_MODES = ("auto", "nftables", "sockets", "no")
 USERS = _collect("users", words(), flag="--user", many="replace", metavar="NAME",
                  help="one partition per Unix user (repeatable)")
 PARTITIONS = _collect("partitions", lines(), flag="--partition", many="replace", metavar="LABEL=PATH",
@@ -115,7 +114,7 @@ ADDRESSES = _collect("addresses", lines(), flag="--address", many="add", metavar
 INTERFACES = _collect("interfaces", lines(), flag="--interface", many="add", metavar="LABEL=IFNAME",
                       help="a tap/tun interface of partition LABEL, the machine behind it being the partition "
                            "(repeatable)")
-NETWORK_MODE = _collect("network-accounting", choice(*NETWORK_ACCOUNTING), "auto", flag="--network-accounting",
+NETWORK_MODE = _collect("network-accounting", choice(*NETWORK_MODES), "auto", flag="--network-accounting",
                         help="per-address traffic: nftables counters (root), live TCP sockets, or none "
                              "(default: auto, nftables when possible)")
 KEEP_DAYS = _collect("keep-days", integer(1), DEFAULT_KEEP_DAYS, flag="--keep-days", metavar="N",
@@ -238,9 +237,9 @@ class NodeConfig:
 
 
 # slapos.cfg's own keys (section, key) read by read_slapos_cfg
-_PARTITION_AMOUNT = Setting("partition_amount", integer(0), 0)
-_COLLECT_CACHE = Setting("collect_cache", integer(0), 0)
-_DISK_CYCLE = Setting("disk_snapshot_time_cycle", integer(0), 0)
+_PARTITION_AMOUNT = Setting("partition_amount", integer(0))
+_COLLECT_CACHE = Setting("collect_cache", integer(0))
+_DISK_CYCLE = Setting("disk_snapshot_time_cycle", integer(0))
 _REPORT_DISK_USAGE = Setting("report_disk_usage", boolean)
 
 

@@ -33,8 +33,7 @@ from pathlib import Path
 from .atomic import write_atomic
 from .errors import CollectError
 from .lock import Busy, exclusive
-from .settings import Setting, add_flags, resolve
-from .settings import number as decimal
+from .settings import Setting, add_flags, number, resolve
 
 log = logging.getLogger("slapos_collect.cron")
 
@@ -49,9 +48,9 @@ LOG_FILE = Setting("log-file", flag="--log-file", metavar="FILE", help="the daem
 PID_FILE = Setting("pid-file", flag="--pid-file", metavar="FILE",
                    help="write the daemon's pid there; refuse to start twice")
 CWD = Setting("cwd", flag="--cwd", metavar="DIR", help="directory the entries run in (default: the daemon's)")
-POLL = Setting("poll", decimal(above=0.0, unit="seconds"), 5.0, flag="--poll", metavar="SECONDS",
+POLL = Setting("poll", number(above=0.0, unit="seconds"), 5.0, flag="--poll", metavar="SECONDS",
                help="how often to look for changes in the folder (default: 5)")
-GRACE = Setting("grace", decimal(0.0, unit="seconds"), 10.0, flag="--grace", metavar="SECONDS",
+GRACE = Setting("grace", number(0.0, unit="seconds"), 10.0, flag="--grace", metavar="SECONDS",
                 help="on SIGTERM, how long running entries get before SIGKILL (default: 10)")
 SECONDS = Setting("seconds", flag="--seconds", switch=True, default=False,
                   help="lines have a sixth time field, the seconds (m h dom mon dow s command)")
@@ -93,7 +92,7 @@ def parse_crontab(name: str, text: str, seconds: bool = False) -> tuple[list[Ent
     entries: list[Entry] = []
     problems: list[str] = []
     env: dict[str, str] = {}
-    for number, raw in enumerate(text.splitlines(), 1):
+    for line_no, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -107,28 +106,28 @@ def parse_crontab(name: str, text: str, seconds: bool = False) -> tuple[list[Ent
         if line.startswith("@"):
             parts = line.split(None, 1)
             if parts[0] not in NICKNAMES:
-                problems.append(f"{name} line {number}: unknown schedule {parts[0]!r}")
+                problems.append(f"{name} line {line_no}: unknown schedule {parts[0]!r}")
                 continue
             schedule = parts[0]
             command = parts[1].strip() if len(parts) > 1 else ""
         else:
             parts = line.split(None, fields)
             if len(parts) <= fields:
-                problems.append(f"{name} line {number}: needs {fields} time fields and a command")
+                problems.append(f"{name} line {line_no}: needs {fields} time fields and a command")
                 continue
             schedule, command = " ".join(parts[:fields]), parts[fields].strip()
             if not croniter.is_valid(schedule):
-                problems.append(f"{name} line {number}: bad schedule {schedule!r}")
+                problems.append(f"{name} line {line_no}: bad schedule {schedule!r}")
                 continue
             try:  # valid fields may still never match ("0 0 31 2 *"): such a line would stop the daemon
                 croniter(schedule).get_next(datetime)
             except CroniterBadDateError:
-                problems.append(f"{name} line {number}: schedule {schedule!r} never comes")
+                problems.append(f"{name} line {line_no}: schedule {schedule!r} never comes")
                 continue
         if not command:
-            problems.append(f"{name} line {number}: no command")
+            problems.append(f"{name} line {line_no}: no command")
             continue
-        entries.append(Entry(name, number, schedule, command, dict(env)))
+        entries.append(Entry(name, line_no, schedule, command, dict(env)))
     return entries, problems
 
 

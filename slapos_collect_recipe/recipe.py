@@ -93,7 +93,6 @@ def _reference(raw: str) -> str:
 
 PARTITION_ROOT = Setting("partition-root", absolute_path)
 PARTITION_REFERENCE = Setting("partition-reference", _reference)
-COMPUTER_ID = Setting("computer-id", default="")
 COLLECT_BINARY = Setting("slapos-collect-binary", absolute_path, required=True)
 SLAPMONITOR_BINARY = Setting("slapmonitor-binary", absolute_path)
 LOGROTATE_BINARY = Setting("logrotate-binary", absolute_path, "/usr/sbin/logrotate")
@@ -116,7 +115,7 @@ PORT_BASE = Setting("port-base", integer(1024, 65000), DEFAULT_PORT_BASE)
 PORT = Setting("port", integer(1, 65535))
 DATA_DIR = Setting("data-dir")
 # The same keys, kinds and defaults as in the collector's own config.
-MEMORY_CYCLE, PROCESS_ACCOUNTING, NETWORK_ACCOUNTING = config.MEMORY_CYCLE, config.PROCESS_ACCOUNTING, config.NETWORK_MODE
+MEMORY_CYCLE, PROCESS_ACCOUNTING, NETWORK_MODE = config.MEMORY_CYCLE, config.PROCESS_ACCOUNTING, config.NETWORK_MODE
 
 
 TEMPLATE_ATTRIBUTES = (
@@ -168,7 +167,7 @@ class Recipe:
         self.root = root
         self.reference = parse(PARTITION_REFERENCE, options.get(PARTITION_REFERENCE.key, "").strip() or root.name,
                                f"option {PARTITION_REFERENCE.key}")
-        self.computer_id = opt(COMPUTER_ID)
+        self.computer_id = opt(config.COMPUTER_ID)
 
         self.collect_binary = opt(COLLECT_BINARY)
         self.slapmonitor_binary = opt(SLAPMONITOR_BINARY, os.path.join(os.path.dirname(self.collect_binary),
@@ -248,7 +247,7 @@ class Recipe:
 
     def _network_options(self, opt, collect: str) -> None:
         """This partition's own addresses (ipv4, ipv6 and network-addresses) for its traffic figures."""
-        self.network_accounting = opt(NETWORK_ACCOUNTING)
+        self.network_accounting = opt(NETWORK_MODE)
         extra = opt(NETWORK_ADDRESSES)
         me = pwd.getpwuid(os.getuid()).pw_name
         # The label this partition has in its own config: its user, or its reference when by directory;

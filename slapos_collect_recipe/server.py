@@ -31,7 +31,7 @@ from aiohttp import web
 
 from . import metrics
 from .access_log import AccessLogFile, CombinedAccessLogger
-from .config import SECTION, setup_logging
+from .config import setup_logging
 from .connections import Gate, Limits, default_max_connections, descriptor_limit
 from .datafiles import CERT_NAME, KEY_NAME, SECRET_NAME
 from .errors import CollectError
@@ -39,6 +39,7 @@ from .file_responses import cleanup_snapshots
 from .listening import bind_sockets, check_secret, ensure_certificate, load_or_create_secret, ssl_context, url_of
 from .routes import Monitor
 from .settings import (
+    COLLECT,
     CONFIG,
     DATA_DIR,
     LOG_FILE,
@@ -107,7 +108,7 @@ CERT = _monitor("cert", metavar="F", help="TLS certificate (PEM); generated self
 KEY = _monitor("key", metavar="F", help="TLS private key (PEM); generated when missing")
 NO_TLS = _monitor("no-tls", boolean, False, switch=True, help="plain HTTP (local use only)")
 ACCESS_LOG = _monitor("access-log", metavar="F", help="combined-format access log file")
-SERVE_LOG_FILE = replace(LOG_FILE, sections=(MONITOR, SECTION))
+SERVE_LOG_FILE = replace(LOG_FILE, sections=(MONITOR, COLLECT))
 SERVE_SETTINGS = (CONFIG, DATA_DIR, SERVE_LOG_FILE, HOSTS, PORT, SECRET, SECRET_FILE, CERT, KEY, NO_TLS, ACCESS_LOG,
                   *LIMITS)
 

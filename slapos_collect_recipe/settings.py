@@ -176,12 +176,11 @@ def _item(item: Kind | None, entry: str) -> Any:
 
 
 def ip_address(raw: str) -> str:
-    import ipaddress
+    """An IPv4 or IPv6 address as ``inet_pton`` takes it (no ``%zone``: it cannot be in a URL)."""
+    from .address import normal_address
 
-    try:
-        ipaddress.ip_address(raw)
-    except ValueError:
-        raise ValueError("is not an IP address") from None
+    if normal_address(raw) is None:
+        raise ValueError("is not an IP address")
     return raw
 
 

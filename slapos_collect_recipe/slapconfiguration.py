@@ -12,7 +12,6 @@ Like recipe.py, it only writes files and never imports the sampling code.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import re
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import zc.buildout
 
+from .address import normal_address
 from .recipe import TEMPLATES, make_dir
 
 
@@ -141,11 +141,9 @@ def partition_values(parameter_dict: dict, state: str, guid: str) -> dict:
     values["instance-guid"] = guid
     ipv4, ipv6 = set(), set()
     for _interface, address in parameters.pop("ip_list", None) or []:
-        try:
-            version = ipaddress.ip_address(address).version
-        except ValueError:
+        if normal_address(address) is None:  # what slapos.cookbook drops too (a zone, garbage)
             continue
-        (ipv4 if version == 4 else ipv6).add(address)
+        (ipv6 if ":" in address else ipv4).add(address)
     values["ipv4"], values["ipv6"] = ipv4, ipv6
     for key in ("full_ip_list", "full_address_list"):  # routes: not used here
         parameters.pop(key, None)
@@ -202,13 +200,13 @@ def _refusal(partition, name: str, message: str) -> zc.buildout.UserError:
 def _storage_links(storage_home: str, instance_root: str, partition_id: str) -> dict:
     """``DATA/<name>`` links to ``<storage-home>/<name>/<partition>``, for each such folder."""
     links: dict = {}
-    if not storage_home or not os.path.isdir(storage_home):
-        return links
+    if not storage_home or not partition_id or not os.path.isdir(storage_home):
+        return links  # (without a partition id, every link would be the whole shared folder)
     for name in sorted(os.listdir(storage_home)):
         target = os.path.join(storage_home, name, partition_id)
         if os.path.isdir(target):
             link = os.path.join(instance_root, "DATA", name)
-            make_dir(os.path.dirname(link))
+            make_dir(os.path.dirname(link), 0o700)
             if not os.path.lexists(link):
                 os.symlink(target, link)
             links[name] = link

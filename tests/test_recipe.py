@@ -6,7 +6,6 @@ tests/test_buildout.py runs them through the real buildout.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import stat
@@ -22,7 +21,6 @@ from slapos_collect_recipe import recipe
 from slapos_collect_recipe.recipe import Recipe, Release
 
 ROOT = Path(__file__).resolve().parent.parent
-SCHEMA = json.loads((ROOT / "instance-input-schema.json").read_text())
 
 
 def make(root: Path, **extra: str) -> tuple[Recipe, dict]:

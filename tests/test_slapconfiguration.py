@@ -79,6 +79,9 @@ def test_partition_values_from_a_master_answer() -> None:
     assert slapconfiguration.partition_values(plain, "started", "g")["configuration"] == {"keep-days": "7", "benchmarks": "true"}
     with pytest.raises(ValueError, match="the JSON under _ does not parse"):
         slapconfiguration.partition_values(dict(MASTER_ANSWER, _="{oops"), "started", "g")
+    # An address with a zone (it cannot be in the monitor URL) or garbage is left out, as the cookbook does.
+    odd = dict(MASTER_ANSWER, ip_list=[*MASTER_ANSWER["ip_list"], ("slappart0", "fe80::1%eth0"), ("slappart0", "x")])
+    assert slapconfiguration.partition_values(odd, "started", "g")["ipv6"] == {"::1"}
 
 
 def test_resource_values_flatten_the_partition_resource_file(tmp_path: Path) -> None:
