@@ -12,6 +12,7 @@ import argparse
 import logging
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from . import config, folder, lock, sample, traffic
@@ -99,15 +100,22 @@ def _sample_and_store(settings: CollectSettings) -> tuple[RunSnapshot, Path | No
 def _publish(store: Store, settings: CollectSettings) -> None:
     """Every publisher, in this order, once the run is safely stored.
 
-    A failure here never loses the run's rows (they are committed): it is
-    reported, and the next run tries again."""
+    Each one's failure is its own: a partition's unwritable monitor folder never
+    stops the past days' archives and garbage collection. A failure never loses
+    the run's rows (they are committed): all are reported together, one line,
+    and the next run tries again."""
     from . import realtime, report, rotate
 
+    failed: list[str] = []
+    _attempt(failed, realtime.publish, store, settings.data_dir)  # today's CSVs
+    _attempt(failed, report.publish_monitor, store, settings.partitions)  # each partition's SlapOS monitor JSON
+    _attempt(failed, rotate.rotate, store, settings)  # past days: archives, journals, garbage (a few look-ups if none is due)
+    if failed:
+        raise CollectError(f"stored this run, but publishing failed: {'; '.join(failed)}", exit_code=1)
+
+
+def _attempt(failed: list[str], publish: Callable[..., object], *args: object) -> None:
     try:
-        realtime.publish(store, settings.data_dir)  # today's CSVs
-        report.publish_monitor(store, settings.partitions)  # each partition's SlapOS monitor JSON
-        rotate.rotate(store, settings)  # past days: archives, journals, garbage (a few look-ups when none is due)
-    except CollectError:
-        raise
-    except (OSError, sqlite3.Error) as exc:
-        raise CollectError(f"stored this run, but publishing failed: {exc}", exit_code=1) from None
+        publish(*args)
+    except (CollectError, OSError, sqlite3.Error) as exc:
+        failed.append(str(exc))

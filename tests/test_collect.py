@@ -569,3 +569,21 @@ def test_a_run_publishes_todays_csvs_then_the_monitor_json_then_past_days(data_d
     assert outcome == {"rc": 0, "calls": ["csv", "monitor", "past days", "day"], "archive": True}
     assert (data_dir / f"{day}.tar.gz").is_file() and (data_dir / "consumption-report" / f"{day}.xml").is_file()
     assert monitor_status.is_file()
+
+
+def test_a_failing_publisher_never_stops_the_next_ones(data_dir: Path, tmp_path: Path) -> None:
+    """A partition whose monitor folder cannot be written (its status file is a folder here): the run is
+    stored, the past day is still archived and journaled after it, and the run fails with one line."""
+    part = tmp_path / "web"
+    (part / ".slapgrid" / "monitor" / "monitor_resource.status.json").mkdir(parents=True)
+    day = time.strftime("%Y-%m-%d", time.gmtime(time.time() - 2 * 86400))
+    with store.Store(data_dir / store.DB_NAME) as db, db.transaction():
+        db.insert("system", [(0.5, 25.0, 2**30, 2**31, 0, 0, 0, 0, 0, 0)], day, "12:00:00")
+    proc = run_cli("collect", "--data-dir", str(data_dir), "--partition", f"web={part}", "--process-accounting", "no",
+                   "--network-accounting", "no")
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "stored this run, but publishing failed" in lines[0], proc.stderr
+    assert "monitor_resource.status.json" in lines[0] and "Traceback" not in proc.stderr
+    assert (data_dir / f"{day}.tar.gz").is_file() and (data_dir / "consumption-report" / f"{day}.xml").is_file()
+    assert (data_dir / "system_cpu_percent.csv").is_file()
