@@ -24,7 +24,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from .datafiles import SPOOL, dump_name, part_names
-from .store import TABLES, Store, columns
+from .store import Store
+from .tables import TABLES, columns
 
 log = logging.getLogger("slapos_collect")
 

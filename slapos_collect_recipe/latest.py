@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from .datafiles import DB_NAME
-from .store import COUNTERS, Store
-from .tables import Stamp
+from .store import Store
+from .tables import COUNTERS, Stamp
 
 # partition_usage column -> key of current_partitions (one run's figures, for the interval
 # since the previous run; None where not measured).

@@ -152,7 +152,7 @@ def series(store: Store) -> tuple[str, dict[str, str]] | None:
         for figure, (names, divisor) in PARTITION_SERIES.items():
             value = next((usage[name] for name in names if usage[name] is not None), None)
             if value is not None:  # not measured: no line (a gap in the chart), never a 0
-                values[f"{PARTITION_PREFIX}{figure}_{label}"] = format_value(value / divisor)
+                values[partition_stem(figure, label)] = format_value(value / divisor)
     for row in store.rows_at("temperature", *stamp):  # none on a machine without sensors
         values[temperature_file_stem(row["sensor_id"] or "")] = format_value(row["temperature"])
     return f"{stamp.date} {stamp.time}", values

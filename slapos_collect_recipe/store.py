@@ -41,7 +41,6 @@ from .tables import (
     Temperature,
     UsageDay,
     UsageDaySums,
-    columns,  # noqa: F401 (store.columns, as before: declared in tables)
 )
 from .walfiles import keep_wal_files
 

@@ -24,7 +24,8 @@ from conftest import SCRIPTS, run_cli
 from slapos_collect_recipe import archive as archive_module
 from slapos_collect_recipe import config, lock, rotate
 from slapos_collect_recipe.errors import CollectError
-from slapos_collect_recipe.store import DB_NAME, TABLES, Store, columns
+from slapos_collect_recipe.store import DB_NAME, Store
+from slapos_collect_recipe.tables import TABLES, columns
 
 
 def days_ago(n: int) -> str:

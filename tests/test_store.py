@@ -54,10 +54,10 @@ def test_query_results_are_named_by_their_columns(tmp_path: Path) -> None:
     from slapos_collect_recipe import tables
     from slapos_collect_recipe.snapshot import ProcessSample, SystemSample, TemperatureSample
 
-    user = set(store_mod.columns("user"))
+    user = set(tables.columns("user"))
     assert set(tables.ProcessRow._fields) <= user
     assert set(tables.PartitionTotals._fields) - {"processes"} <= user
-    assert set(tables.UsageDaySums._fields) - {"memory_used_rows"} <= set(store_mod.columns("partition_usage"))
+    assert set(tables.UsageDaySums._fields) - {"memory_used_rows"} <= set(tables.columns("partition_usage"))
     day = "2026-01-01"
     procs = [ProcessSample("a", 11, 100.0, 30.0, 240.0, 3, 2.0, 4096, 500, 5),
              ProcessSample("a", 12, 100.0, 10.0, 60.0, 1, 1.0, 1024, None, None)]
